@@ -1,0 +1,126 @@
+"""The Sacred experiment ``ex``: every config key of the original code (SPEC.md §7) with its
+default, the project's new keys, and named configs per dataset and setting.
+
+Kept for compatibility (SPEC §7): key names, defaults, experiment name ``mySSL`` and the run
+directory ``<path.log_dir>/mySSL_<exp_str>/<run id>/``.
+"""
+from __future__ import annotations
+
+import os
+
+from sacred import SETTINGS, Experiment
+from sacred.observers import FileStorageObserver
+
+from data.cards import SUPERPIX_SUFFIX, known_cards, load_card
+from util.distributed import launch_rank
+
+SETTINGS.CAPTURE_MODE = "sys"          # fix (SPEC §8): the console goes into cout.txt
+SETTINGS.CONFIG.READ_ONLY_CONFIG = True
+
+EXPERIMENT_NAME = "mySSL"              # kept for compatibility (SPEC §8 run directory)
+ex = Experiment(EXPERIMENT_NAME, save_git_info=False)
+
+
+def default_paths() -> dict:
+    """``log_dir`` and ``<dataset>.data_dir`` for every card found (plain and ``_Superpix``)."""
+    paths: dict = {"log_dir": "./runs"}
+    for name in known_cards():
+        try:
+            data_dir = load_card(name).data_dir
+        except ValueError:
+            continue                   # a broken card fails later, when it is used, with its error
+        paths[name] = {"data_dir": data_dir}
+        paths[name + SUPERPIX_SUFFIX] = {"data_dir": data_dir}
+    return paths
+
+
+@ex.config
+def cfg():
+    seed = 1234                        # every episode's randomness is a function of (seed, step, rank)
+    gpu_id = 0                         # CUDA/ROCm device (single process); CPU when no GPU
+    mode = "train"                     # 'train' or 'val' (set by validation.py)
+    num_workers = 4                    # DataLoader workers (0: load in the main process)
+    dataset = "CHAOST2_Superpix"       # <CARD>_Superpix: superpixel self-supervision; <CARD>: manual labels
+    use_coco_init = True               # original switch: True COCO DeepLabV3 weights, False ImageNet backbone
+    init_weights = None                # 'coco' | 'imagenet' | 'random'; None follows use_coco_init
+
+    # Training
+    n_steps = 100100                   # optimizer steps (exactly; SPEC §8)
+    batch_size = 1                     # episodes per step and rank (reference: 1)
+    lr_milestones = [(ii + 1) * 1000 for ii in range(n_steps // 1000 - 1)]
+    lr_step_gamma = 0.95
+    ignore_label = 255
+    print_interval = 100
+    save_snapshot_every = 25000
+    max_iters_per_load = 1000          # episodes per sub-epoch (dataset reload in between)
+    scan_per_load = -1                 # -1: all training scans (reload is then a no-op)
+    which_aug = "sabs_aug"             # 'sabs_aug' | 'aug_v3' | 'none'
+    input_size = (256, 256)
+    min_fg_data = "100"                # which classmap_<N>.json the manual-label training uses
+    label_sets = 0                     # label group: test labels = pa_all - groups[label_sets]
+    exclude_cls_list = [2, 3]          # setting 2: training slices with these organs are skipped
+    usealign = True                    # prototype alignment loss
+    use_wce = True                     # class weights [0.05, 1.0] on the query cross-entropy
+    redraw_empty_superpix = False      # True: redraw a superpixel id absent from its slice (reference: keep)
+    precision = "fp32"                 # 'fp32' | 'bf16' (autocast)
+    resume = False                     # continue from the newest snapshot of this experiment
+    resume_from = None                 # or from this snapshot file
+    deterministic = False              # torch.use_deterministic_algorithms (exact-resume tests)
+
+    # Validation
+    z_margin = 0
+    eval_fold = 0
+    support_idx = [-1]                 # indices into the fold's validation list
+    val_wsize = 2
+    n_sup_part = 3
+    val_batch_size = 8                 # query slices per forward (results equal one at a time)
+    save_raw_geometry = True           # also write predictions in the raw scan's grid when recorded
+    write_figures = True               # PNG figures into the run directory
+
+    # Network
+    modelname = "dlfcn_res101"
+    clsname = "grid_proto"             # fix (SPEC §8): the reference default None failed an assert
+    reload_model_path = None           # a snapshot, a list of snapshots, or a snapshots folder
+    proto_grid_size = 8
+    feature_hw = [32, 32]
+    superpix_scale = "MIDDLE"
+
+    model = {
+        "align": usealign,
+        "use_coco_init": use_coco_init,
+        "init_weights": init_weights,
+        "which_model": modelname,
+        "cls_name": clsname,
+        "proto_grid_size": proto_grid_size,
+        "feature_hw": feature_hw,
+        "reload_model_path": reload_model_path,
+    }
+
+    task = {
+        "n_ways": 1,
+        "n_shots": 1,
+        "n_queries": 1,
+        "npart": n_sup_part,
+    }
+
+    optim_type = "sgd"
+    optim = {
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+    }
+
+    exp_prefix = ""
+    exp_str = "_".join([exp_prefix, dataset, f"sets_{label_sets}_{task['n_shots']}shot"])
+
+    path = default_paths()
+
+
+@ex.config_hook
+def add_observer(config, command_name, logger):
+    """Rank 0 alone owns the run directory ``<log_dir>/mySSL_<exp_str>/<run id>/``."""
+    ex.observers[:] = [o for o in ex.observers if not isinstance(o, FileStorageObserver)]
+    if launch_rank() == 0:
+        exp_name = f"{ex.path}_{config['exp_str']}"
+        ex.observers.append(FileStorageObserver(os.path.join(config["path"]["log_dir"], exp_name)))
+    return config

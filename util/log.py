@@ -1,0 +1,24 @@
+"""The project's one logging setup: INFO on rank 0, WARNING on other ranks.
+
+Modules use ``log = logging.getLogger(__name__)``; entry points call :func:`setup_logging` once.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["setup_logging", "LOG_FORMAT"]
+
+LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
+
+
+def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    """Configure the root logger once: ``level`` on rank 0, WARNING elsewhere."""
+    root = logging.getLogger()
+    effective = level if rank == 0 else logging.WARNING
+    if not any(getattr(h, "_alpnet", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._alpnet = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(effective)
