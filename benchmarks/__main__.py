@@ -1,0 +1,73 @@
+"""``python -m benchmarks [--quick] [NAME ...]``: run every benchmark and print one table.
+
+Each module of this package exposes ``run(quick: bool = False) -> dict`` with the keys
+``name``, ``ratio``, ``target`` (a string such as ``">= 2x"``) and ``details``; quick mode only
+checks that the benchmark still runs (the test suite uses it), its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = ("pseudolabels", "metric", "validation", "train_step", "segment", "ddp_scaling")
+
+
+def machine() -> str:
+    """A short description of this machine (CPU cores, GPU if any)."""
+    import os
+
+    desc = f"{platform.machine()} {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        desc += f", {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return desc
+
+
+def collect(names: list[str], quick: bool) -> list[dict]:
+    rows = []
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        start = time.perf_counter()
+        result = module.run(quick=quick)
+        result.setdefault("name", name)
+        result["seconds"] = time.perf_counter() - start
+        rows.append(result)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: what, ratio, target, machine."""
+    lines = ["| benchmark | what | ratio | target | machine |", "|---|---|---|---|---|"]
+    host = machine()
+    for r in rows:
+        ratio = r.get("ratio")
+        ratio_s = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else str(ratio)
+        lines.append(f"| {r['name']} | {r.get('what', '')} | {ratio_s} | {r.get('target', '')} | {host} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny inputs, numbers not meaningful")
+    args = parser.parse_args(argv)
+    names = args.names or [n for n in BENCHMARKS if (Path(__file__).parent / f"{n}.py").exists()]
+    unknown = [n for n in names if not (Path(__file__).parent / f"{n}.py").exists()]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    rows = collect(names, args.quick)
+    print(f"# Benchmarks ({time.strftime('%Y-%m-%d')}, {machine()}{', quick mode' if args.quick else ''})")
+    print(table(rows))
+    for r in rows:
+        if r.get("details"):
+            print(f"\n{r['name']}: {r['details']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
