@@ -1,0 +1,308 @@
+"""ALPNet: ``FewShotSeg``, the few-shot segmenter of SSL-ALPNet (SPEC §4), original interface.
+
+``FewShotSeg(in_channels=3, pretrained_path=None, cfg=dict)`` and
+``forward(supp_imgs, fore_mask, back_mask, qry_imgs, isval, val_wsize, show_viz=False)`` are kept
+for compatibility (SPEC §7): users' scripts import them. The state_dict keys are those of the
+original code (``reference/alpnet/state_dict_keys.json`` for ``dlfcn_res101``), so its
+checkpoints load, and ours load in its code.
+
+Extensions:
+
+- Batch size above 1 (the original asserted 1): each batch item is its own episode (its support
+  with its query). In ``eval()`` every item's output equals its batch-1 output. In ``train()``
+  the encoder's BatchNorm statistics span all support and query images of the batch (SPEC §8),
+  as they spanned the support and query of one episode in the original.
+- Split inference for validation: ``encode`` once per support, then ``predict_from_features``
+  on batches of encoded queries; the result equals ``forward``.
+- The prototype head runs in float32 even under autocast (bf16 runs only the encoder in bf16).
+- A background support with no pooled cell above the threshold raises ``EmptyPrototypeError``
+  (the original crashed and its training loop skipped the batch with a bare ``except``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.alpmodule import ALPScores, EmptyPrototypeError, MultiProtoAsConv
+from models.backbone import build_encoder, resolve_init
+from util.checkpoint import load_alpnet_weights
+
+__all__ = ["FewShotSeg", "EmptyPrototypeError", "DEFAULT_CFG", "BG_PROT_MODE", "FG_PROT_MODE",
+           "BG_THRESH", "FG_THRESH", "FG_MODE_POOL", "IGNORE_INDEX"]
+
+log = logging.getLogger(__name__)
+
+BG_PROT_MODE = "gridconv"       # background: local prototypes only (SPEC §4)
+FG_PROT_MODE = "gridconv+"      # foreground: local + global prototypes (SPEC §4)
+BG_THRESH = 0.95                # pooled-mask threshold of a local prototype (SPEC §4)
+FG_THRESH = 0.95                # ... and of the foreground mode choice (SPEC §4)
+FG_MODE_POOL = 4                # foreground mode choice: 4 x 4 average pooling (SPEC §4)
+IGNORE_INDEX = 255              # support label outside both masks (SPEC §4)
+CLS_NAMES = ("grid_proto",)
+
+# cfg keys of the original ``model`` dict (SPEC §7) plus init_weights; defaults of SPEC §7,
+# except align=False (the original default when no cfg is given) and cls_name (fix, SPEC §8).
+DEFAULT_CFG: dict[str, Any] = {
+    "align": False,
+    "use_coco_init": True,
+    "init_weights": None,
+    "which_model": "dlfcn_res101",
+    "cls_name": "grid_proto",
+    "proto_grid_size": 8,
+    "feature_hw": [32, 32],
+    "reload_model_path": None,
+}
+
+
+class FewShotSeg(nn.Module):
+    """ALPNet (1-way, any number of shots, one query per episode, any batch size).
+
+    Args:
+        in_channels: image channels; must be 3 (slices repeated to 3 channels).
+        pretrained_path: checkpoint to load (snapshot or original bare state_dict), strictly.
+        cfg: keys of ``DEFAULT_CFG`` (missing ones take those defaults, unknown ones are an
+            error): ``align`` (alignment loss in training), ``init_weights`` ('coco' | 'imagenet'
+            | 'random' | None -> follows ``use_coco_init``), ``which_model`` ('dlfcn_res101' |
+            'dlfcn_res50' | 'dlfcn_res18'), ``cls_name`` ('grid_proto'; None means it),
+            ``proto_grid_size``, ``feature_hw``, ``reload_model_path``.
+
+    When ``pretrained_path`` or ``cfg['reload_model_path']`` is set, no pretrained encoder
+    weights are looked for (the checkpoint replaces them); only ``pretrained_path`` is loaded
+    here (``reload_model_path`` may name several snapshots: the caller loads them with
+    ``util.checkpoint.load_alpnet_weights``).
+
+    Raises:
+        ValueError: bad cfg or checkpoint (missing/unexpected keys named).
+        models.backbone.MissingWeightsError: pretrained weights not in the torch hub cache.
+    """
+
+    def __init__(self, in_channels: int = 3, pretrained_path: str | os.PathLike | None = None,
+                 cfg: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if in_channels != 3:
+            raise ValueError(f"in_channels={in_channels}: the encoder takes 3-channel images")
+        unknown = sorted(set(cfg or {}) - set(DEFAULT_CFG))
+        if unknown:
+            raise ValueError(f"unknown FewShotSeg cfg keys {unknown}; known: {list(DEFAULT_CFG)}")
+        self.config = {**DEFAULT_CFG, **dict(cfg or {})}
+        self.pretrained_path = pretrained_path
+        cls_name = self.config["cls_name"] or "grid_proto"
+        if cls_name not in CLS_NAMES:
+            raise ValueError(f"cls_name/clsname={cls_name!r}: expected one of {CLS_NAMES}")
+        if pretrained_path is not None or self.config["reload_model_path"]:
+            init = "random"  # the checkpoint's weights replace any initialisation
+        else:
+            init = resolve_init(self.config["init_weights"], self.config["use_coco_init"])
+        self.encoder = build_encoder(self.config["which_model"], init)
+        grid = int(self.config["proto_grid_size"])
+        self.cls_unit = MultiProtoAsConv(proto_grid=[grid, grid],
+                                         feature_hw=list(self.config["feature_hw"]))
+        if pretrained_path is not None:
+            load_alpnet_weights(self, pretrained_path)
+
+    # ---------------------------------------------------------------- split inference
+    def encode(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Encode images: N x 3 x H x W -> N x C x H' x W' features (C = 256, H' = H / 8).
+
+        BatchNorm follows the module's mode: call it in ``eval()`` for inference.
+        """
+        if imgs.ndim != 4 or imgs.shape[1] != 3:
+            raise ValueError(f"images must be N x 3 x H x W, got {tuple(imgs.shape)}")
+        return self.encoder(imgs)
+
+    def predict_from_features(self, supp_fts: torch.Tensor, fore_mask: torch.Tensor,
+                              back_mask: torch.Tensor, qry_fts: torch.Tensor, val_wsize: int,
+                              img_size: Sequence[int], *, isval: bool = True) -> torch.Tensor:
+        """Query logits from encoded support and queries (1-way), equal to ``forward``'s.
+
+        Args:
+            supp_fts: Sh x Bs x C x H' x W' support features (``encode`` of the shots).
+            fore_mask, back_mask: Sh x Bs x H x W support masks at image size (float/0-1).
+            qry_fts: Bq x C x H' x W' query features.
+            val_wsize: validation pooling window (SPEC §4: 2).
+            img_size: (H, W) of the logits.
+            isval: validation pooling (``val_wsize``); False uses the training window.
+            Bs is 1 (one support for every query: prototypes computed once) or Bq (one each).
+        Returns:
+            Bq x 2 x H x W logits (background, foreground).
+        Raises:
+            EmptyPrototypeError: a background support without local prototype.
+        """
+        self._check_features(supp_fts, fore_mask, back_mask, qry_fts)
+        fts_size = tuple(qry_fts.shape[-2:])
+        res_fg = self.resize_masks(fore_mask, fts_size)
+        res_bg = self.resize_masks(back_mask, fts_size)
+        scores, _, _ = self._scores(supp_fts, res_fg, res_bg, qry_fts, isval, val_wsize, False)
+        return F.interpolate(scores, size=tuple(img_size), mode="bilinear")
+
+    @staticmethod
+    def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Bilinear resize (align_corners=False, SPEC §8) of ... x H x W masks to ... x h x w."""
+        lead = masks.shape[:-2]
+        flat = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+        out = F.interpolate(flat, size=tuple(size), mode="bilinear")
+        return out.reshape(*lead, *out.shape[-2:])
+
+    # ---------------------------------------------------------------- original interface
+    def forward(self, supp_imgs: Sequence[Sequence[torch.Tensor]],
+                fore_mask: Sequence[Sequence[torch.Tensor]],
+                back_mask: Sequence[Sequence[torch.Tensor]],
+                qry_imgs: Sequence[torch.Tensor], isval: bool, val_wsize: int | None,
+                show_viz: bool = False) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor]:
+        """One batch of episodes (kept for compatibility, SPEC §7).
+
+        Args:
+            supp_imgs: way(1) x shot x [Bs x 3 x H x W] support images.
+            fore_mask, back_mask: way(1) x shot x [Bs x H x W] support masks.
+            qry_imgs: 1 x [B x 3 x H x W] query images (one query per episode).
+            isval: validation pooling window ``val_wsize`` instead of the training one.
+            val_wsize: that window (SPEC §4: 2).
+            show_viz: also return the raw prototype similarities.
+            Bs is B (each query its support) or 1 (one support for all queries).
+        Returns:
+            (logits B x 2 x H x W, alignment loss (0-dim tensor; 0 unless ``align`` and
+            ``training``), [bg_sims, fg_sims] (lists with one n x K x H' x W' tensor per support
+            item when ``show_viz``, else None), proto_assign B x 1 x H' x W' (index of the
+            nearest background prototype, float)).
+        Raises:
+            ValueError: more than one way or query, inconsistent shapes.
+            EmptyPrototypeError: a background (or, for the alignment loss, the query's
+                predicted background) without any pooled cell above the threshold.
+        """
+        n_ways, n_queries = len(supp_imgs), len(qry_imgs)
+        if n_ways != 1 or n_queries != 1 or len(fore_mask) != 1 or len(back_mask) != 1:
+            raise ValueError(f"FewShotSeg takes 1 way and 1 query per episode, got {n_ways} "
+                             f"way(s), {n_queries} query(ies), {len(fore_mask)}/"
+                             f"{len(back_mask)} mask way(s)")
+        n_shots = len(supp_imgs[0])
+        sup = torch.cat(list(supp_imgs[0]), dim=0)                # (Sh*Bs) x 3 x H x W
+        qry = qry_imgs[0]                                         # B x 3 x H x W
+        n_sb = sup.shape[0]
+        img_size = tuple(supp_imgs[0][0].shape[-2:])
+        fts = self.encode(torch.cat([sup, qry], dim=0))           # (Sh*Bs + B) x C x H' x W'
+        supp_fts = fts[:n_sb].reshape(n_shots, n_sb // n_shots, *fts.shape[1:])
+        # Sh x Bs x C x H' x W'
+        qry_fts = fts[n_sb:]                                      # B x C x H' x W'
+        fg = torch.stack(list(fore_mask[0]), dim=0)               # Sh x Bs x H x W
+        bg = torch.stack(list(back_mask[0]), dim=0)               # Sh x Bs x H x W
+        self._check_features(supp_fts, fg, bg, qry_fts)
+        fts_size = tuple(fts.shape[-2:])
+        scores, assign, sims = self._scores(supp_fts, self.resize_masks(fg, fts_size),
+                                            self.resize_masks(bg, fts_size), qry_fts, isval,
+                                            val_wsize, show_viz)   # B x 2 x H' x W'
+        logits = F.interpolate(scores, size=img_size, mode="bilinear")   # B x 2 x H x W
+        if self.config["align"] and self.training:
+            align_loss = self._alignment_loss(qry_fts, scores, supp_fts, fg, bg)
+        else:
+            align_loss = logits.new_zeros(())
+        return logits, align_loss, sims, assign
+
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _check_features(supp_fts: torch.Tensor, fore_mask: torch.Tensor, back_mask: torch.Tensor,
+                        qry_fts: torch.Tensor) -> None:
+        if supp_fts.ndim != 5 or qry_fts.ndim != 4 or supp_fts.shape[2:] != qry_fts.shape[1:]:
+            raise ValueError(f"support features must be Sh x Bs x C x H' x W' and query features "
+                             f"Bq x C x H' x W' with the same C, H', W'; got "
+                             f"{tuple(supp_fts.shape)} and {tuple(qry_fts.shape)}")
+        n_shot, n_sb = supp_fts.shape[:2]
+        if n_sb not in (1, qry_fts.shape[0]):
+            raise ValueError(f"support batch {n_sb} must be 1 or the query batch "
+                             f"{qry_fts.shape[0]}")
+        for name, m in (("fore_mask", fore_mask), ("back_mask", back_mask)):
+            if m.ndim != 4 or tuple(m.shape[:2]) != (n_shot, n_sb):
+                raise ValueError(f"{name} must be Sh x Bs x H x W = ({n_shot}, {n_sb}, H, W), "
+                                 f"got {tuple(m.shape)}")
+
+    @staticmethod
+    def _fg_mode(mask: torch.Tensor) -> str:
+        """'gridconv+' if the 4 x 4 average-pooled foreground reaches 0.95, else 'mask'."""
+        big = F.avg_pool2d(mask, FG_MODE_POOL).max() >= FG_THRESH
+        return FG_PROT_MODE if bool(big) else "mask"
+
+    def _classify(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
+                  thresh: float, isval: bool, val_wsize: int | None, vis: bool) -> ALPScores:
+        """The prototype head in float32 (autocast off): see ``MultiProtoAsConv.forward``."""
+        with torch.autocast(device_type=qry.device.type, enabled=False):
+            return self.cls_unit(qry.float(), sup_x.float(), sup_y.float(), mode=mode,
+                                 thresh=thresh, isval=isval, val_wsize=val_wsize, vis_sim=vis)
+
+    def _scores(self, supp_fts: torch.Tensor, res_fg: torch.Tensor, res_bg: torch.Tensor,
+                qry_fts: torch.Tensor, isval: bool, val_wsize: int | None,
+                vis: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Background and foreground scores at the feature size.
+
+        Args: supp_fts Sh x Bs x C x H' x W'; res_fg, res_bg Sh x Bs x H' x W'; qry_fts
+        Bq x C x H' x W'. Returns (Bq x 2 x H' x W' scores, Bq x 1 x H' x W' background prototype
+        assignment, [bg_sims, fg_sims] lists or [None, None]).
+        """
+        n_q, n_sb = qry_fts.shape[0], supp_fts.shape[1]
+        groups = [(slice(0, n_q), 0)] if n_sb == 1 else [(slice(b, b + 1), b) for b in range(n_q)]
+        scores, assigns, bg_sims, fg_sims = [], [], [], []
+        for q, s in groups:
+            sup_x = supp_fts[:, s]                                # Sh x C x H' x W'
+            bg_msk = res_bg[:, s].unsqueeze(1)                    # Sh x 1 x H' x W'
+            fg_msk = res_fg[:, s].unsqueeze(1)                    # Sh x 1 x H' x W'
+            try:
+                bg = self._classify(qry_fts[q], sup_x, bg_msk, BG_PROT_MODE, BG_THRESH, isval,
+                                    val_wsize, vis)
+            except EmptyPrototypeError as err:
+                err.add_note(f"background of support item {s} (query pass)")
+                log.debug("empty background prototypes: %s", err)
+                raise
+            fg = self._classify(qry_fts[q], sup_x, fg_msk, self._fg_mode(fg_msk), FG_THRESH,
+                                isval, val_wsize, vis)
+            scores.append(torch.cat([bg.score, fg.score], dim=1))  # n x 2 x H' x W'
+            assigns.append(bg.proto_assign.unsqueeze(1))           # n x 1 x H' x W'
+            bg_sims.append(bg.raw_sims)
+            fg_sims.append(fg.raw_sims)
+        sims = [bg_sims, fg_sims] if vis else [None, None]
+        return torch.cat(scores, dim=0), torch.cat(assigns, dim=0), sims
+
+    def _alignment_loss(self, qry_fts: torch.Tensor, scores: torch.Tensor,
+                        supp_fts: torch.Tensor, fore_mask: torch.Tensor,
+                        back_mask: torch.Tensor) -> torch.Tensor:
+        """PANet prototype alignment (SPEC §4): segment each support with the query's predicted
+        masks as "support"; cross-entropy against the support label, / shots / ways, averaged
+        over the batch items.
+
+        Args: qry_fts B x C x H' x W'; scores B x 2 x H' x W' (before upsampling); supp_fts
+        Sh x Bs x C x H' x W'; fore_mask, back_mask Sh x Bs x H x W.
+        """
+        n_ways = 1
+        n_shots, n_sb = supp_fts.shape[:2]
+        n_q = qry_fts.shape[0]
+        pred = scores.argmax(dim=1, keepdim=True)                 # B x 1 x H' x W'
+        fts_size = tuple(supp_fts.shape[-2:])
+        total = qry_fts.new_zeros(())
+        for b in range(n_q):
+            s = b if n_sb > 1 else 0
+            q_bg = self.resize_masks((pred[b:b + 1] == 0).float(), fts_size)  # 1 x 1 x H' x W'
+            q_fg = self.resize_masks((pred[b:b + 1] == 1).float(), fts_size)
+            fg_mode = self._fg_mode(q_fg)
+            for shot in range(n_shots):
+                img_fts = supp_fts[shot, s:s + 1]                 # 1 x C x H' x W'
+                try:
+                    bg = self._classify(img_fts, qry_fts[b:b + 1], q_bg, BG_PROT_MODE,
+                                        BG_THRESH, False, None, False)
+                except EmptyPrototypeError as err:
+                    err.add_note(f"predicted background of query item {b} (alignment pass)")
+                    log.debug("empty background prototypes: %s", err)
+                    raise
+                fg = self._classify(img_fts, qry_fts[b:b + 1], q_fg, fg_mode, FG_THRESH, False,
+                                    None, False)
+                supp_pred = F.interpolate(torch.cat([bg.score, fg.score], dim=1),
+                                          size=tuple(fore_mask.shape[-2:]), mode="bilinear")
+                # 1 x 2 x H x W
+                label = torch.full(fore_mask.shape[-2:], IGNORE_INDEX, dtype=torch.long,
+                                   device=fore_mask.device)       # H x W
+                label[fore_mask[shot, s] == 1] = 1
+                label[back_mask[shot, s] == 1] = 0
+                total = total + F.cross_entropy(supp_pred, label[None],
+                                                ignore_index=IGNORE_INDEX) / n_shots / n_ways
+        return total / n_q

@@ -1,0 +1,127 @@
+"""Stand-ins for Slurm's ``srun``, ``scontrol``, ``scancel`` and Lmod's ``module``, written into a
+folder that tests put first on ``PATH``, so that the real text of ``examples/frontier/*.sbatch``
+runs on one CPU machine.
+
+``srun [options] cmd...`` starts ``-n`` tasks locally (``-N`` nodes, ``--ntasks-per-node``), each
+with ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``/``SLURM_NODEID`` set, forwards USR1/TERM
+to them, and exits with the first non-zero task status. Every call of every stand-in is appended
+to ``$STANDIN_DIR/calls.jsonl``. With ``STANDIN_RECORD=python3``, a step whose command starts
+with ``python3`` is not run: each task appends its command and Slurm/rendezvous variables to
+``$STANDIN_DIR/tasks.jsonl`` and, with ``STANDIN_TASK_WAIT=<s>``, waits up to that long for USR1.
+"""
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+__all__ = ["write_standins", "TASK_ENV_VARS"]
+
+TASK_ENV_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "MASTER_ADDR",
+                 "MASTER_PORT", "NCCL_SOCKET_IFNAME", "NCCL_NET_GDR_LEVEL", "NCCL_CROSS_NIC",
+                 "FI_MR_CACHE_MONITOR", "MIOPEN_USER_DB_PATH", "MIOPEN_CUSTOM_CACHE_DIR")
+
+_LOG = '''
+import json, os, sys
+def log_call(name, argv):
+    with open(os.path.join(os.environ["STANDIN_DIR"], "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"tool": name, "argv": argv}) + "\\n")
+'''
+
+_SRUN = _LOG + '''
+import signal, subprocess, time
+TASK_ENV_VARS = %(vars)r
+args = sys.argv[1:]
+log_call("srun", args)
+opts, i = {}, 0
+with_value = {"-N": "nodes", "-n": "ntasks", "-c": "cpus", "--nodes": "nodes", "--ntasks": "ntasks",
+              "--ntasks-per-node": "per_node", "--cpus-per-task": "cpus"}
+while i < len(args) and args[i].startswith("-"):
+    a = args[i]
+    if "=" in a:
+        key, value = a.split("=", 1)
+        if key in with_value:
+            opts[with_value[key]] = int(value)
+    elif a in with_value:
+        opts[with_value[a]] = int(args[i + 1])
+        i += 1
+    i += 1
+cmd = args[i:]
+nodes = opts.get("nodes", 1)
+ntasks = opts.get("ntasks") or nodes * opts.get("per_node", 1)
+per_node = opts.get("per_node") or -(-ntasks // nodes)
+record = os.environ.get("STANDIN_RECORD")
+procs = []
+for r in range(ntasks):
+    env = dict(os.environ, SLURM_PROCID=str(r), SLURM_NTASKS=str(ntasks), SLURM_LOCALID=str(r %% per_node),
+               SLURM_NODEID=str(r // per_node), SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NNODES=str(nodes))
+    if record and cmd and cmd[0] == record:
+        task = [sys.executable, "-c", RECORD_TASK, json.dumps(cmd)]
+    else:
+        task = cmd
+    procs.append(subprocess.Popen(task, env=env))
+with open(os.path.join(os.environ["STANDIN_DIR"], "tasks-%%d.pids" %% os.getpid()), "w") as f:
+    f.write(" ".join(str(p.pid) for p in procs))
+def forward(signum, frame):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signum)
+signal.signal(signal.SIGUSR1, forward)
+signal.signal(signal.SIGTERM, forward)
+codes = [p.wait() for p in procs]
+os.remove(os.path.join(os.environ["STANDIN_DIR"], "tasks-%%d.pids" %% os.getpid()))
+bad = [c for c in codes if c != 0]
+sys.exit(bad[0] if bad else 0)
+'''
+
+_RECORD_TASK = '''
+import json, os, signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+rec = {"cmd": json.loads(sys.argv[1]), "env": {k: os.environ.get(k) for k in %(vars)r}}
+with open(os.path.join(os.environ["STANDIN_DIR"], "tasks.jsonl"), "a") as f:
+    f.write(json.dumps(rec) + "\\n")
+deadline = time.time() + float(os.environ.get("STANDIN_TASK_WAIT", "0"))
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+with open(os.path.join(os.environ["STANDIN_DIR"], "tasks.jsonl"), "a") as f:
+    f.write(json.dumps({"exit": os.environ["SLURM_PROCID"], "signalled": bool(got)}) + "\\n")
+'''
+
+_SCONTROL = _LOG + '''
+log_call("scontrol", sys.argv[1:])
+if sys.argv[1:2] == ["show"] and sys.argv[2:3] == ["hostnames"]:
+    print("\\n".join(sys.argv[3].split(",")))
+'''
+
+_SCANCEL = _LOG + '''
+import glob, signal
+log_call("scancel", sys.argv[1:])
+sig = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--signal="))
+for path in glob.glob(os.path.join(os.environ["STANDIN_DIR"], "tasks-*.pids")):
+    for pid in open(path).read().split():
+        try:
+            os.kill(int(pid), getattr(signal, "SIG" + sig))
+        except ProcessLookupError:
+            pass
+'''
+
+_MODULE = _LOG + '''
+log_call("module", sys.argv[1:])
+'''
+
+
+def write_standins(folder: Path) -> Path:
+    """Write the stand-ins into ``folder`` (created) and return it; put it first on PATH and set
+    ``STANDIN_DIR`` to a writable folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = _RECORD_TASK % {"vars": TASK_ENV_VARS}
+    sources = {
+        "srun": (_SRUN % {"vars": TASK_ENV_VARS}).replace("RECORD_TASK, ", f"{record!r}, "),
+        "scontrol": _SCONTROL, "scancel": _SCANCEL, "module": _MODULE,
+    }
+    for name, body in sources.items():
+        path = folder / name
+        path.write_text(f"#!{sys.executable}\n{body}")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return folder

@@ -1,0 +1,215 @@
+"""The training loop (SPEC.md §5, §8; STYLE.md §2) with a small stand-in model, so every rule
+is checked in a fraction of a second per step: losses, schedule, exact step count, snapshots,
+interval means, exact resume, stop signals, skipped episodes and non-finite losses."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import util.trainer as trainer
+from config_ssl_upload import ex
+from util.checkpoint import read_snapshot
+from util.config_check import check_config
+from util.distributed import DistInfo
+from tests.tinydata import build_tiny_dataset
+
+CPU = DistInfo(0, 1, 0, torch.device("cpu"), None)
+
+
+class FakeEpisodeError(RuntimeError):
+    """Stands in for the model's explicit empty-prototype error."""
+
+
+class FakeFewShot(nn.Module):
+    """FewShotSeg's interface: masked-average prototypes on a 2-conv encoder (with BatchNorm),
+    cosine logits, a PANet-style alignment loss. ``fail_calls``: forward calls (1-based) that
+    raise FakeEpisodeError; ``nan_calls``: calls whose logits are NaN."""
+
+    def __init__(self, fail_calls=(), nan_calls=()):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                     nn.Conv2d(4, 4, 3, padding=1))
+        self.fail_calls, self.nan_calls, self.calls = set(fail_calls), set(nan_calls), 0
+
+    @staticmethod
+    def _logits(fts, fg, bg):
+        protos = [(fts * m[:, None]).sum((2, 3)) / (m[:, None].sum((2, 3)) + 1e-5) for m in (bg, fg)]
+        return torch.stack([F.cosine_similarity(fts, p[..., None, None], dim=1) * 20 for p in protos], 1)
+
+    def forward(self, supp_imgs, fore_mask, back_mask, qry_imgs, isval, val_wsize, show_viz=False):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise FakeEpisodeError(f"call {self.calls}")
+        s, q = supp_imgs[0][0], qry_imgs[0]
+        fts = self.encoder(torch.cat([s, q]))
+        pred = self._logits(fts[s.shape[0]:], fore_mask[0][0], back_mask[0][0])
+        if self.calls in self.nan_calls:
+            pred = pred * float("nan")
+        qm = pred.argmax(1)
+        back = self._logits(fts[:s.shape[0]], (qm == 1).float(), (qm == 0).float())
+        return pred, F.cross_entropy(back, fore_mask[0][0].long()), None, None
+
+
+class FakeRun:
+    def __init__(self):
+        self.scalars, self.info = {}, {}
+
+    def log_scalar(self, name, value, step):
+        self.scalars.setdefault(name, []).append((step, value))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny") / "chaos", "CHAOST2", hw=32, depth=3,
+                              block=8)
+
+
+def config(tiny, **updates):
+    fixed = {"num_workers": 0, "seed": 5, "deterministic": True, "n_steps": 6, "print_interval": 2,
+             "save_snapshot_every": 3, "exclude_cls_list": [], "min_fg_data": 1,
+             "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005}}
+    fixed.update(updates)
+    cfg = copy.deepcopy(dict(ex.configurations[0](fixed=fixed)))
+    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(tiny.data_dir)}
+    return cfg
+
+
+def run_train(cfg, run_dir, model=None, run=None, exp_dir=None):
+    s = check_config(cfg)
+    model = model if model is not None else FakeFewShot()
+    return trainer.train(cfg, card=s.card, data_dir=s.data_dir, train_ids=s.train_ids, info=CPU, run=run,
+                         run_dir=run_dir, experiment_dir=exp_dir, model_factory=lambda c: model), model
+
+
+def test_weighted_cross_entropy_by_hand():
+    crit = trainer.build_criterion(use_wce=True, ignore_label=255, device=torch.device("cpu"))
+    logits = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]]])      # 1 x 2 x 1 x 3
+    labels = torch.tensor([[[0, 1, 255]]])
+    total, query, align = trainer.loss(logits, labels, torch.tensor(0.25), crit)
+    l0 = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]               # pixel 0, class 0
+    l1 = -torch.log_softmax(torch.tensor([0.0, 1.0]), 0)[1]               # pixel 1, class 1
+    want = (0.05 * l0 + 1.0 * l1) / (0.05 + 1.0)                         # pixel 2 ignored
+    assert query.item() == pytest.approx(want.item(), rel=1e-6)
+    assert total.item() == pytest.approx(want.item() + 0.25, rel=1e-6) and align.item() == 0.25
+    plain = trainer.build_criterion(use_wce=False, ignore_label=255, device=torch.device("cpu"))
+    assert trainer.loss(logits, labels, 0.0, plain)[1].item() == pytest.approx(((l0 + l1) / 2).item())
+
+
+def test_optimizer_and_schedule(tiny):
+    cfg = config(tiny, n_steps=3500, lr_step_gamma=0.5)
+    assert cfg["lr_milestones"] == [1000, 2000]                  # every 1000 (SPEC §8)
+    p = nn.Parameter(torch.zeros(1))
+    opt = trainer.build_optimizer(nn.ParameterList([p]), cfg)
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 0.0005
+    sch = trainer.build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(2001):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs[999] == 0.05 and lrs[1000] == 0.025 and lrs[2000] == 0.0125
+
+
+def test_steps_snapshots_interval_means_and_curves(tiny, tmp_path, caplog):
+    cfg = config(tiny, n_steps=7, print_interval=3, save_snapshot_every=3)
+    run = FakeRun()
+    with caplog.at_level(logging.INFO, logger="util.trainer"):
+        res, _ = run_train(cfg, tmp_path / "run", run=run)
+    assert res["status"] == "completed" and res["step"] == 7
+    snaps = sorted(int(p.stem) for p in (tmp_path / "run" / "snapshots").glob("*.pth"))
+    assert snaps == [3, 6, 7]                                     # N.pth after N steps + final
+    snap = read_snapshot(tmp_path / "run" / "snapshots" / "7.pth")
+    assert snap["step"] == 7 and snap["lr_scheduler"]["last_epoch"] == 7
+    assert snap["config"]["n_steps"] == 7 and snap["rng"]["stream"]["next_episode"] == 7
+    losses = [v for _, v in run.scalars["loss"]]
+    aligns = [v for _, v in run.scalars["align_loss"]]
+    assert [s for s, _ in run.scalars["loss"]] == list(range(1, 8))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(lines) == 2
+    for line, lo in zip(lines, (0, 3)):                           # true means of the interval
+        m = re.fullmatch(r"step (\d+): loss: (\S+), align_loss: (\S+),", line)
+        assert int(m.group(1)) == lo + 3
+        assert float(m.group(2)) == pytest.approx(sum(losses[lo:lo + 3]) / 3)
+        assert float(m.group(3)) == pytest.approx(sum(aligns[lo:lo + 3]) / 3)
+    assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
+    assert run.info["training"]["step"] == 7
+
+
+def params_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_bit_identical(tiny, tmp_path):
+    full_cfg = config(tiny, n_steps=6, lr_milestones=[2, 4])
+    _, full = run_train(full_cfg, tmp_path / "full")
+    half = config(tiny, n_steps=3, lr_milestones=[2, 4])
+    run_train(half, tmp_path / "exp" / "1")
+    res, resumed = run_train(config(tiny, n_steps=6, lr_milestones=[2, 4], resume=True),
+                             tmp_path / "exp" / "2", exp_dir=tmp_path / "exp")
+    assert res["step"] == 6
+    a, b = params_of(full), params_of(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa = read_snapshot(tmp_path / "full" / "snapshots" / "6.pth")["optimizer"]["state"]
+    sb = read_snapshot(tmp_path / "exp" / "2" / "snapshots" / "6.pth")["optimizer"]["state"]
+    assert all(torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]) for k in sa)
+    assert trainer.find_resume_snapshot(tmp_path / "exp").name == "6.pth"
+
+
+def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, monkeypatch):
+    _, full = run_train(config(tiny, n_steps=5), tmp_path / "full")
+    real_step, calls = trainer.train_step, []
+
+    def step_then_signal(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)                  # arrives during step 2
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    res, _ = run_train(config(tiny, n_steps=5), tmp_path / "exp" / "1")
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert res["status"] == "stopped" and res["step"] == 2       # stops after the current step
+    assert "resume=True" in res["resume"] and res["snapshot"].endswith("2.pth")
+    done, resumed = run_train(config(tiny, n_steps=5, resume_from=res["snapshot"]), tmp_path / "exp" / "2")
+    assert done["status"] == "completed" and done["step"] == 5
+    a, b = params_of(full), params_of(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_failed_episodes_are_skipped_and_counted(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "episode_errors", lambda: (FakeEpisodeError,))
+    res, model = run_train(config(tiny, n_steps=4, save_snapshot_every=10),
+                           tmp_path / "run", model=FakeFewShot(fail_calls={2, 3}))
+    assert res["step"] == 4 and res["skipped_episodes"] == 2 and res["episodes_drawn"] == 6
+    snap = read_snapshot(tmp_path / "run" / "snapshots" / "4.pth")
+    assert snap["lr_scheduler"]["last_epoch"] == 4               # stepped only after good batches
+    with pytest.raises(FakeEpisodeError):                        # other errors are not swallowed
+        monkeypatch.setattr(trainer, "episode_errors", lambda: ())
+        run_train(config(tiny, n_steps=2), tmp_path / "run2", model=FakeFewShot(fail_calls={1}))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_snapshot(tiny, tmp_path):
+    with pytest.raises(trainer.NonFiniteLossError, match=r"step 3\b.*2\.pth"):
+        run_train(config(tiny, n_steps=6, save_snapshot_every=2), tmp_path / "run",
+                  model=FakeFewShot(nan_calls={3}))
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").glob("*.pth")) == ["2.pth"]
+
+
+def test_resume_rejects_foreign_and_bare_checkpoints(tiny, tmp_path):
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": {"encoder.0.weight": torch.zeros(4, 3, 3, 3), "head.w": torch.zeros(1)},
+                "step": 1}, foreign)
+    with pytest.raises(ValueError, match="head.w"):
+        run_train(config(tiny, resume_from=str(foreign)), tmp_path / "a")
+    bare = tmp_path / "bare.pth"
+    torch.save(FakeFewShot().state_dict(), bare)
+    with pytest.raises(ValueError, match="reload_model_path"):
+        run_train(config(tiny, resume_from=str(bare)), tmp_path / "b")

@@ -1,0 +1,143 @@
+"""Figures written into run folders (PNG, matplotlib's Agg canvas, no global backend switch):
+
+- validation: per test organ, the support slices of every part (organ contour) and, for a query
+  scan, one slice per part with the ground-truth and predicted contours;
+- training: the loss curves (raw values and a moving average), :func:`plot_loss_curves`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from util.io import atomic_path
+
+if TYPE_CHECKING:
+    from dataloaders.validation_set import ValidationSet
+    from util.evaluate import SnapshotResult
+
+__all__ = ["plot_loss_curves", "plot_support_query", "validation_figures", "moving_average"]
+
+log = logging.getLogger(__name__)
+
+DPI = 100
+PANEL_IN = 2.6                 # inches per panel
+GT_COLOUR, PRED_COLOUR, SUPPORT_COLOUR = "lime", "red", "yellow"
+SMOOTH_FRACTION = 0.02         # moving-average window: 2 % of the curve (at least 1 point)
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    FigureCanvasAgg(fig)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return out_png
+
+
+def _panel(ax, image_hw: np.ndarray, title: str, contours: Sequence[tuple[np.ndarray, str]]) -> None:
+    ax.imshow(image_hw, cmap="gray", interpolation="nearest")
+    for mask, colour in contours:
+        if np.any(mask) and not np.all(mask):
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (shorter at the start), NaNs ignored."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.empty_like(v)
+    for i in range(v.size):
+        seg = v[max(0, i - window + 1): i + 1]
+        seg = seg[np.isfinite(seg)]
+        out[i] = seg.mean() if seg.size else np.nan
+    return out
+
+
+def plot_loss_curves(metrics: Mapping[str, Sequence[float]], out_png: str | Path,
+                     steps: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """One panel per metric (e.g. ``loss``, ``align_loss``): raw values and a moving average.
+
+    Args:
+        metrics: name -> values, one per step.
+        out_png: the PNG to write (atomically).
+        steps: optional name -> step numbers (default 1, 2, ...).
+    Raises:
+        ValueError: no metric, or steps of another length than their values.
+    """
+    if not metrics:
+        raise ValueError("plot_loss_curves: no metric to plot")
+    fig = Figure(figsize=(6.0, 2.4 * len(metrics)))
+    for i, (name, values) in enumerate(metrics.items()):
+        ax = fig.add_subplot(len(metrics), 1, i + 1)
+        x = np.arange(1, len(values) + 1) if steps is None or name not in steps else np.asarray(steps[name])
+        if len(x) != len(values):
+            raise ValueError(f"plot_loss_curves: {len(x)} steps for {len(values)} values of {name}")
+        ax.plot(x, values, lw=0.5, alpha=0.4, label=name)
+        if len(values):
+            window = max(1, int(len(values) * SMOOTH_FRACTION))
+            ax.plot(x, moving_average(values, window), lw=1.5, label=f"mean of {window}")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_support_query(support_rows: Sequence[Sequence[tuple[str, np.ndarray, np.ndarray]]],
+                       query_row: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]],
+                       title: str, out_png: str | Path) -> Path:
+    """A grid: one row per support shot (title, image H x W, organ mask), then the query row
+    (title, image, ground truth or None, prediction)."""
+    n_cols = max([len(r) for r in support_rows] + [len(query_row), 1])
+    n_rows = len(support_rows) + (1 if query_row else 0)
+    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows + 0.4))
+    for r, row in enumerate(support_rows):
+        for k, (name, img, mask) in enumerate(row):
+            _panel(fig.add_subplot(n_rows, n_cols, r * n_cols + k + 1), img, name,
+                   [(mask, SUPPORT_COLOUR)])
+    for k, (name, img, gt, pred) in enumerate(query_row):
+        contours = ([(gt, GT_COLOUR)] if gt is not None else []) + [(pred, PRED_COLOUR)]
+        _panel(fig.add_subplot(n_rows, n_cols, len(support_rows) * n_cols + k + 1), img, name, contours)
+    fig.suptitle(f"{title}  (support: yellow, truth: green, prediction: red)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def validation_figures(res: "SnapshotResult", vset: "ValidationSet", out_dir: str | Path) -> list[Path]:
+    """``<out_dir>/label_<c>_<NAME>.png`` per test organ: support slices of every part and shot,
+    and one slice per part (the middle of its counted slices) of the first query scan holding the
+    organ."""
+    from util.protocol import assign_parts, organ_z_range
+
+    out = []
+    for c in res.labels:
+        support = res.supports[c]
+        n_shots = support.parts[0].features.shape[0]
+        sup_rows = [[(f"support {part.slices[s][0]} z={part.slices[s][1]} (part {i})",
+                      part.images[s], part.fg[s].cpu().numpy() > 0.5)
+                     for i, part in enumerate(support.parts)] for s in range(n_shots)]
+        query_row = []
+        for scan in vset.queries:
+            rng = organ_z_range(scan.label, c)
+            if rng is None or (scan.scan_id, c) not in res.preds:
+                continue
+            zs = np.arange(rng[0], rng[1] + 1)
+            parts = assign_parts(zs, rng[0], rng[1], support.npart)
+            pred = res.preds[(scan.scan_id, c)]
+            for i in range(support.npart):
+                in_part = zs[parts == i]
+                if in_part.size:
+                    z = int(in_part[in_part.size // 2])
+                    query_row.append((f"query {scan.scan_id} z={z} (part {i})", scan.image[..., z],
+                                      scan.label[..., z] == c, pred[z]))
+            break
+        name = vset.card.labels[c]
+        step = "" if res.step is None else f", step {res.step}"
+        out.append(plot_support_query(sup_rows, query_row, f"label {c} {name}{step}",
+                                      Path(out_dir) / f"label_{c}_{name}.png"))
+    return out

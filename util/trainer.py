@@ -1,0 +1,421 @@
+"""Self-supervised (and supervised-baseline) training of ALPNet (SPEC.md §5, §8; STYLE.md §2).
+
+Phases are module-level functions with their state passed in: ``build_criterion``/``loss``,
+``build_optimizer``, ``build_scheduler``, ``train_step`` and the loop ``train``. ``training.py``
+only wires the Sacred config into ``train``.
+
+Per step (``train_step``): forward (autocast in ``bf16``), weighted cross-entropy on the query
+plus the alignment loss, then the ranks agree on three flags in one all-reduce: the episode
+failed (the model's explicit empty-prototype error: skipped on every rank, scheduler not stepped,
+as the reference), the loss is not finite (the run stops, naming the step), a stop signal arrived
+(rank 0 saves after this step, all exit). Then backward, SGD step, MultiStepLR step.
+
+Effective batch = ``batch_size`` x world size; the learning rate is not scaled (DDP averages the
+gradients), so one GPU with ``batch_size=1`` is exactly the reference's setting. Each episode's
+support and query form one BatchNorm batch per rank (SPEC §8).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from util.checkpoint import list_snapshots, load_alpnet_weights, save_snapshot, to_plain
+from util.curves import plot_loss_curves
+from util.distributed import DistInfo, broadcast_object, is_dist, wrap_ddp
+from util.rng import rng_states, seed_everything, set_rng_states
+from util.signals import StopFlag
+
+__all__ = ["WCE_WEIGHTS", "build_criterion", "loss", "build_optimizer", "build_scheduler",
+           "episode_inputs", "agree_flags", "train_step", "episode_errors", "find_resume_snapshot",
+           "NonFiniteLossError", "TrainState", "train", "SNAPSHOT_DIR", "CURVES_PNG"]
+
+log = logging.getLogger(__name__)
+
+WCE_WEIGHTS = (0.05, 1.0)      # SPEC §5: class weights (background, foreground) with use_wce
+SNAPSHOT_DIR = "snapshots"     # SPEC §7: <run>/snapshots/<step>.pth
+CURVES_PNG = "loss_curves.png"
+TQDM_MININTERVAL_S = 5.0
+MAX_CONSECUTIVE_SKIPS = 100    # failed batches in a row before the run gives up with an error
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops and keeps its last good snapshot."""
+
+
+def episode_errors() -> tuple[type[BaseException], ...]:
+    """The model's explicit "this episode cannot be computed" errors (skipped, counted)."""
+    from models import grid_proto_fewshot
+    err = getattr(grid_proto_fewshot, "EpisodeError", None) or getattr(
+        grid_proto_fewshot, "EmptyPrototypeError", None)
+    return (err,) if isinstance(err, type) else ()
+
+
+def build_criterion(*, use_wce: bool, ignore_label: int, device: torch.device) -> nn.CrossEntropyLoss:
+    """Cross-entropy with weights [0.05, 1.0] (``use_wce``) and ``ignore_index=ignore_label``;
+    PyTorch's weighted mean ``sum(w * l) / sum(w)`` (SPEC §8, kept)."""
+    weight = torch.tensor(WCE_WEIGHTS, dtype=torch.float32, device=device) if use_wce else None
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=int(ignore_label))
+
+
+def loss(logits: torch.Tensor, labels: torch.Tensor, align_loss: torch.Tensor | float,
+         criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, query, align) losses: ``query = criterion(logits, labels)``, ``total = query + align``.
+
+    Args:
+        logits: (n_queries B) x 2 x H x W query scores; labels: (n_queries B) x H x W int64.
+        align_loss: the model's alignment loss (0 when ``usealign`` is off).
+    """
+    query = criterion(logits.float(), labels)
+    align = (align_loss.float() if isinstance(align_loss, torch.Tensor)
+             else torch.tensor(float(align_loss), device=query.device))
+    return query + align, query, align
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with the config's ``optim`` (lr, momentum, weight_decay) (SPEC §5)."""
+    o = cfg["optim"]
+    return torch.optim.SGD(model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
+                           weight_decay=float(o["weight_decay"]))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]) -> torch.optim.lr_scheduler.MultiStepLR:
+    """MultiStepLR at ``lr_milestones`` with ``gamma = lr_step_gamma`` (SPEC §5, §8)."""
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[int(m) for m in cfg["lr_milestones"]], gamma=float(cfg["lr_step_gamma"]))
+
+
+def episode_inputs(batch: Mapping[str, Any], device: torch.device) -> tuple[list, list, list, list, torch.Tensor]:
+    """Collated episodes -> the model's lists on ``device``.
+
+    Returns (support images way x shot x [B x 3 x H x W], fg masks way x shot x [B x H x W],
+    bg masks (same), query images n_queries x [B x 3 x H x W], query labels (n_queries B) x H x W).
+    """
+    nb = device.type == "cuda"
+    supp = [[s.to(device, non_blocking=nb) for s in way] for way in batch["support_images"]]
+    fg = [[m["fg_mask"].float().to(device, non_blocking=nb) for m in way] for way in batch["support_mask"]]
+    bg = [[m["bg_mask"].float().to(device, non_blocking=nb) for m in way] for way in batch["support_mask"]]
+    qry = [q.to(device, non_blocking=nb) for q in batch["query_images"]]
+    labels = torch.cat([q.long().to(device, non_blocking=nb) for q in batch["query_labels"]], dim=0)
+    return supp, fg, bg, qry, labels
+
+
+def agree_flags(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every rank when it is true on any rank (one all-reduce MAX)."""
+    if not is_dist():
+        return [bool(f) for f in flags]
+    import torch.distributed as dist
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def train_step(model: nn.Module, episode: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+               scheduler: Any, *, criterion: nn.Module, device: torch.device,
+               precision: str = "fp32", stop_requested: bool | Callable[[], bool] = False,
+               skip_errors: tuple[type[BaseException], ...] = ()) -> dict[str, float]:
+    """One optimizer step on one batch of episodes (all ranks call it together).
+
+    ``stop_requested`` (a bool, or a callable read after the forward) joins the flags the ranks
+    agree on, so a signal that arrives during the step stops training after it.
+
+    Returns:
+        ``loss`` (query cross-entropy), ``align_loss``, ``skipped`` (1.0: an episode failed on
+        some rank, nothing was updated), ``stop`` (1.0: a stop was requested on some rank).
+    Raises:
+        NonFiniteLossError: the loss is NaN/inf on some rank (before any update).
+    """
+    supp, fg, bg, qry, labels = episode_inputs(episode, device)
+    optimizer.zero_grad(set_to_none=True)
+    failed, values, total = False, [math.nan, math.nan], None
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(supp, fg, bg, qry, isval=False, val_wsize=None)
+        total, query, align = loss(out[0], labels, out[1], criterion)
+        values = torch.stack([query.detach(), align.detach().reshape(())]).tolist()
+    except skip_errors as err:          # the model's explicit, documented failure only
+        failed = True
+        log.warning("episode(s) %s skipped: %s", _indices(episode), err)
+    nonfinite = not failed and not all(math.isfinite(v) for v in values)
+    stop_now = stop_requested() if callable(stop_requested) else stop_requested
+    failed, nonfinite, stop = agree_flags([failed, nonfinite, stop_now], device)
+    if nonfinite:
+        raise NonFiniteLossError(f"loss {values[0]}, align_loss {values[1]} on episode(s) "
+                                 f"{_indices(episode)}")
+    if failed:
+        return {"loss": math.nan, "align_loss": math.nan, "skipped": 1.0, "stop": float(stop)}
+    total.backward()
+    optimizer.step()
+    scheduler.step()
+    return {"loss": values[0], "align_loss": values[1], "skipped": 0.0, "stop": float(stop)}
+
+
+def _indices(episode: Mapping[str, Any]) -> list[int]:
+    idx = episode.get("index")
+    return [int(i) for i in idx] if isinstance(idx, torch.Tensor) else [idx]
+
+
+def find_resume_snapshot(experiment_dir: str | Path) -> Path | None:
+    """The snapshot with the highest step among ``<experiment_dir>/*/snapshots/<step>.pth``
+    (ties: the newest file), or None."""
+    best: tuple[int, float, Path] | None = None
+    root = Path(experiment_dir)
+    if not root.is_dir():
+        return None
+    for run in root.iterdir():
+        for step, path in list_snapshots(run / SNAPSHOT_DIR):
+            key = (step, path.stat().st_mtime, path)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    return best[2] if best else None
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where training stands; ``next_episode`` is this rank's position in its episode stream."""
+    step: int = 0
+    next_episode: int = 0
+    skipped: int = 0
+    empty: int = 0
+    last_snapshot: Path | None = None
+
+    def stream(self) -> dict[str, int]:
+        return {"next_episode": self.next_episode, "skipped": self.skipped, "empty": self.empty}
+
+
+def build_model(cfg: Mapping[str, Any]) -> nn.Module:
+    """``FewShotSeg(in_channels=3, pretrained_path=None, cfg=cfg['model'])``."""
+    from models.grid_proto_fewshot import FewShotSeg
+    return FewShotSeg(in_channels=3, pretrained_path=None, cfg=to_plain(cfg["model"], "model"))
+
+
+STREAM_KEYS = ("seed", "dataset", "batch_size", "which_aug", "exclude_cls_list", "label_sets",
+               "eval_fold", "superpix_scale", "max_iters_per_load", "scan_per_load", "modelname")
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             cfg: Mapping[str, Any]) -> TrainState:
+    """Load a snapshot into model, optimizer and scheduler; the state to continue from."""
+    obj = load_alpnet_weights(model, path)   # strict; names missing/unexpected keys
+    if not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
+        raise ValueError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
+                         "state): start from them with reload_model_path instead of resuming")
+    optimizer.load_state_dict(obj["optimizer"])
+    if obj.get("lr_scheduler") is not None:
+        scheduler.load_state_dict(obj["lr_scheduler"])
+    rng = obj.get("rng") or {}
+    set_rng_states(rng)
+    stream = rng.get("stream") or {}
+    old = obj.get("config") or {}
+    changed = [k for k in STREAM_KEYS if k in old and to_plain(cfg.get(k)) != old[k]]
+    if changed:
+        log.warning("resuming %s with changed %s: the continuation differs from an uninterrupted run",
+                    path, ", ".join(f"{k} ({old[k]!r} -> {cfg.get(k)!r})" for k in changed))
+    step = int(obj["step"])
+    log.info("resuming from %s after step %d", path, step)
+    return TrainState(step=step, skipped=int(stream.get("skipped", 0)), empty=int(stream.get("empty", 0)),
+                      next_episode=int(stream.get("next_episode", step * int(cfg["batch_size"]))),
+                      last_snapshot=path)
+
+
+def _resume_path(cfg: Mapping[str, Any], experiment_dir: Path | None, is_main: bool) -> Path | None:
+    if cfg.get("resume_from"):
+        return Path(cfg["resume_from"])
+    if not cfg.get("resume"):
+        return None
+    found = find_resume_snapshot(experiment_dir) if (is_main and experiment_dir) else None
+    found = broadcast_object(found)
+    if found is None:
+        log.warning("resume=True but no snapshot under %s/*/%s: starting from step 0",
+                    experiment_dir, SNAPSHOT_DIR)
+    return found
+
+
+class _Interval:
+    """True means of ``loss``/``align_loss`` over the steps since the last print (SPEC §8 fix)."""
+
+    def __init__(self) -> None:
+        self.sums, self.n = [0.0, 0.0], 0
+        self.history: tuple[list[int], list[float], list[float]] = ([], [], [])
+
+    def add(self, loss_v: float, align_v: float) -> None:
+        self.sums[0] += loss_v
+        self.sums[1] += align_v
+        self.n += 1
+
+    def flush(self, step: int) -> tuple[float, float]:
+        means = (self.sums[0] / max(self.n, 1), self.sums[1] / max(self.n, 1))
+        for lst, v in zip(self.history, (step, *means)):
+            lst.append(v)
+        self.sums, self.n = [0.0, 0.0], 0
+        return means
+
+
+def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids: Sequence[int],
+          info: DistInfo, run: Any = None, run_dir: str | Path | None = None,
+          experiment_dir: str | Path | None = None,
+          model_factory: Callable[[Mapping[str, Any]], nn.Module] | None = None) -> dict[str, Any]:
+    """Train for exactly ``n_steps`` optimizer steps (or until a stop signal), SPEC §5.
+
+    Args:
+        cfg: the Sacred config (validated by ``util.config_check``).
+        card, data_dir, train_ids: the dataset and the training scans of the fold.
+        info: this process's rank, world size and device.
+        run: the Sacred run (``log_scalar``, ``info``) on rank 0; None elsewhere.
+        run_dir: the run directory (rank 0 writes ``snapshots/`` and the curves there).
+        experiment_dir: ``<log_dir>/mySSL_<exp_str>`` (searched by ``resume=True``).
+        model_factory: builds the model from the config (default ``FewShotSeg``).
+    Returns:
+        ``status`` ('completed' | 'stopped'), ``step``, ``snapshot``, skipped and empty-mask
+        episode counts, and the resume hint when stopped.
+    Raises:
+        NonFiniteLossError: a NaN/inf loss (names the step and the last good snapshot).
+    """
+    from dataloaders.episodes import build_training_dataset, episode_loader
+
+    device, is_main = info.device, info.rank == 0
+    if device.type == "cpu":
+        log.info("no GPU in use: training on the CPU")
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(bool(cfg["deterministic"]))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg["deterministic"]
+    try:
+        resume = _resume_path(cfg, Path(experiment_dir) if experiment_dir else None, is_main)
+        build_cfg = cfg
+        if resume is not None or cfg.get("reload_model_path"):
+            # the checkpoint replaces the initial weights: do not look for pretrained files
+            build_cfg = {**cfg, "model": {**cfg["model"], "init_weights": "random"}}
+        seed_everything(int(cfg["seed"]))
+        model = (model_factory or build_model)(build_cfg).to(device)
+        model.train()
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg)
+        state = TrainState()
+        if resume is not None:
+            state = _restore(resume, model, optimizer, scheduler, cfg)
+        elif cfg.get("reload_model_path"):
+            load_alpnet_weights(model, cfg["reload_model_path"])     # fine-tuning start
+        dataset = build_training_dataset(cfg, card, data_dir=str(data_dir), train_ids=train_ids,
+                                         rank=info.rank)
+        net = wrap_ddp(model, info)
+        return _loop(cfg, net, optimizer, scheduler, dataset, state, info=info, run=run,
+                     run_dir=Path(run_dir) if (run_dir and is_main) else None,
+                     episode_loader=episode_loader)
+    finally:
+        torch.use_deterministic_algorithms(previous_det)
+
+
+def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+          dataset: Any, state: TrainState, *, info: DistInfo, run: Any, run_dir: Path | None,
+          episode_loader: Callable[..., Any]) -> dict[str, Any]:
+    device, is_main = info.device, info.rank == 0
+    n_steps, batch = int(cfg["n_steps"]), int(cfg["batch_size"])
+    every, print_every = int(cfg["save_snapshot_every"]), int(cfg["print_interval"])
+    criterion = build_criterion(use_wce=bool(cfg["use_wce"]), ignore_label=int(cfg["ignore_label"]),
+                                device=device)
+    skip_errors = episode_errors()
+    if is_main and run_dir is None:
+        log.warning("no run directory (no FileStorageObserver): snapshots are not written")
+    log.info("training %d steps from step %d: batch_size %d x %d rank(s) = effective batch %d, "
+             "lr %g (not scaled)", n_steps, state.step, batch, info.world_size,
+             batch * info.world_size, float(cfg["optim"]["lr"]))
+    n_epochs = math.ceil(n_steps * batch / max(len(dataset), 1))
+    interval, epoch = _Interval(), None
+
+    def save() -> Path | None:
+        if run_dir is None:
+            return None
+        path = save_snapshot(run_dir / SNAPSHOT_DIR / f"{state.step}.pth", model=net,
+                             optimizer=optimizer, scheduler=scheduler, step=state.step,
+                             rng={**rng_states(), "stream": state.stream()}, config=cfg)
+        plot_loss_curves(*interval.history, run_dir / CURVES_PNG, title=str(cfg.get("exp_str", "")))
+        state.last_snapshot = path
+        return path
+
+    loader = episode_loader(dataset, start=state.next_episode, batch_size=batch,
+                            num_workers=int(cfg["num_workers"]), pin_memory=device.type == "cuda")
+    it = iter(loader)
+    saved_at = state.step if state.last_snapshot is not None else -1
+    stopped: str | None = None
+    consecutive = 0
+    bar = tqdm(total=n_steps, initial=state.step, disable=not is_main, unit="step", desc="train",
+               mininterval=TQDM_MININTERVAL_S, file=sys.stderr)
+    try:
+        with StopFlag() as stop:
+            while state.step < n_steps:
+                episode = next(it)
+                ep = int(episode["epoch"][0]) if "epoch" in episode else 0
+                if ep != epoch:
+                    if epoch is not None:
+                        log.info("###### Reloading dataset ######")
+                    log.info("###### This is epoch %d of %d epoches ######", ep, n_epochs)
+                    epoch = ep
+                try:
+                    res = train_step(net, episode, optimizer, scheduler, criterion=criterion,
+                                     device=device, precision=cfg["precision"],
+                                     stop_requested=lambda: stop.requested, skip_errors=skip_errors)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {state.step + 1}: {err}; training stopped, the last "
+                        f"good snapshot is {state.last_snapshot or 'none (none saved yet)'}") from err
+                state.next_episode += batch
+                if res["skipped"]:
+                    state.skipped += batch
+                    consecutive += 1
+                    if consecutive >= MAX_CONSECUTIVE_SKIPS:
+                        raise RuntimeError(
+                            f"{consecutive} consecutive batches failed with the model's empty-"
+                            f"prototype error at step {state.step + 1}: the pseudolabel masks are too "
+                            "large for the prototype grid (check superpixel sizes, input size and "
+                            "proto_grid_size)")
+                else:
+                    consecutive = 0
+                    state.step += 1
+                    state.empty += int(torch.as_tensor(episode.get("empty_mask", 0)).sum())
+                    interval.add(res["loss"], res["align_loss"])
+                    if run is not None:
+                        run.log_scalar("loss", res["loss"], state.step)
+                        run.log_scalar("align_loss", res["align_loss"], state.step)
+                    bar.update(1)
+                    if state.step % print_every == 0:
+                        mean_l, mean_a = interval.flush(state.step)
+                        log.info("step %d: loss: %s, align_loss: %s,", state.step, mean_l, mean_a)
+                    if state.step % every == 0 or state.step == n_steps:
+                        save()
+                        saved_at = state.step
+                if res["stop"]:
+                    stopped = stop.signal_name or "a signal on another rank"
+                    break
+    finally:
+        bar.close()
+        del it
+    if interval.n:
+        interval.flush(state.step)
+    if stopped is not None and saved_at != state.step:
+        save()
+    from util.distributed import barrier
+    barrier()
+    if run_dir is not None:
+        plot_loss_curves(*interval.history, run_dir / CURVES_PNG, title=str(cfg.get("exp_str", "")))
+    result = {"status": "stopped" if stopped else "completed", "step": state.step,
+              "snapshot": str(state.last_snapshot) if state.last_snapshot else None,
+              "skipped_episodes": state.skipped, "empty_mask_episodes": state.empty,
+              "episodes_drawn": state.next_episode}
+    log.info("%d episode(s) skipped (model error), %d trained episode(s) had an empty superpixel mask",
+             state.skipped, state.empty)
+    if stopped:
+        result["resume"] = (f"rerun the same command with resume=True (newest snapshot of this "
+                            f"experiment) or resume_from={state.last_snapshot}")
+        log.warning("stopped by %s after step %d of %d; snapshot %s. To resume, %s", stopped,
+                    state.step, n_steps, state.last_snapshot, result["resume"])
+    if run is not None:
+        run.info["training"] = dict(result)
+    return result
