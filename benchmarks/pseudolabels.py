@@ -4,7 +4,7 @@ files. Target: at least 1.7x on a 2-core machine.
 
 The images are linked into a temporary folder, so the published files stay untouched. Without
 the real scans (``../shared/data``) the benchmark runs on synthetic CHAOS scans instead and
-says so. Quick mode: 4 scans, numbers not meaningful.
+says so. Quick mode: 2 scans, numbers not meaningful.
 
 ``python -m benchmarks.pseudolabels [--quick] [--jobs N]``
 """
@@ -26,7 +26,7 @@ from dataloaders.niftiio import read_zyx
 TARGET = 1.7
 DATASET = "CHAOST2"
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CHAOST2" / "chaos_MR_T2_normalized"
-QUICK_SCANS = 4
+QUICK_SCANS = 2
 
 
 def _inputs(work: Path, quick: bool) -> tuple[Path | None, str]:
@@ -87,7 +87,7 @@ def run(quick: bool = False, jobs: int = 2) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pseudolabels", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="4 scans; numbers not meaningful")
+    p.add_argument("--quick", action="store_true", help="2 scans; numbers not meaningful")
     p.add_argument("--jobs", type=int, default=2, help="processes of the parallel run")
     args = p.parse_args(argv)
     row = run(quick=args.quick, jobs=args.jobs)

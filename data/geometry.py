@@ -7,13 +7,18 @@ grid onto any other: crops, pads, row flips and spacing changes are all undone b
 """
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["grid_of", "blank_on", "resample_image", "resample_labels", "restore_to_raw",
-           "check_same_grid", "GRID_ATOL"]
+__all__ = ["grid_of", "blank_on", "read_record", "resample_image", "resample_labels",
+           "restore_to_raw", "check_same_grid", "GRID_ATOL"]
+
+log = logging.getLogger(__name__)
 
 GRID_ATOL = 1e-3    # mm (origin), mm (spacing), cosine (direction): tolerance of "same grid"
 
@@ -74,6 +79,28 @@ def resample_labels(label: sitk.Image, reference: sitk.Image, n_classes: int) ->
     img = sitk.GetImageFromArray(out)
     img.CopyInformation(reference)
     return img
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A ``record_<id>.json`` written by the preprocessing.
+
+    Raises:
+        FileNotFoundError: no such file (it is written beside each preprocessed scan by
+            ``python -m data.prepare``; the published CHAOS files come without records).
+        ValueError: not JSON, or without the ``raw`` and ``output`` grids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no preprocessing record (written beside each scan by "
+                                "`python -m data.prepare`; published scans come without one)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    missing = [k for k in ("raw", "output") if k not in record]
+    if missing:
+        raise ValueError(f"{path}: preprocessing record lacks {missing}")
+    return record
 
 
 def restore_to_raw(mask_zyx: np.ndarray, record: Mapping[str, Any], *,

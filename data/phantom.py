@@ -8,6 +8,7 @@ Arrays are Z x Y x X (SimpleITK order); geometry vectors are (x, y, z) as Simple
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import cv2
@@ -15,6 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 __all__ = ["Grid", "Blob", "Tissue", "render", "rotation", "grid_image"]
+
+log = logging.getLogger(__name__)
 
 TEXTURE_CELL = 8          # texture is smooth noise on a grid of TEXTURE_CELL voxels, upsampled
 PARTIAL_VOLUME_SIGMA = 0.7  # in-plane blur (voxels) of the noiseless tissue image

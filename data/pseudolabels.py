@@ -38,7 +38,7 @@ from util.io import atomic_write_sitk
 from util.log import setup_logging
 
 __all__ = ["body_mask", "superpixel_ids", "pseudolabels_of", "make_pseudolabels",
-           "PseudoSummary", "main", "DEFAULT_SCALE"]
+           "PseudoSummary", "default_jobs", "main", "DEFAULT_SCALE"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,13 @@ def _one_scan(card: Card, data_dir: Path, sid: int, scale: str) -> tuple[int, fl
     return sid, time.time() - start
 
 
+def _start_method() -> str:
+    """``fork`` where the platform has it (no re-import of the caller's ``__main__``, so it works
+    from notebooks and piped scripts, and workers start at once; the workers only use NumPy,
+    scikit-image and SimpleITK), else ``spawn``."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def default_jobs() -> int:
     """All cores this process may use."""
     try:
@@ -148,7 +155,7 @@ def make_pseudolabels(dataset: str, data_dir: Path, scale: str = DEFAULT_SCALE, 
             summary.scan_seconds[sid] = seconds
             bar.update()
     else:
-        ctx = multiprocessing.get_context("spawn")   # no fork of a parent holding threads
+        ctx = multiprocessing.get_context(_start_method())
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = [pool.submit(_one_scan, card, data_dir, sid, scale) for sid in todo]
             for fut in cf.as_completed(futures):

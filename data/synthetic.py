@@ -268,6 +268,10 @@ def _write_case(kind: str, out: Path, case_id: int, seed: int, numbering: str,
             grey[lab] = value
         for z, stem in enumerate(stems):
             _write_png(base / "Ground" / f"{stem}.png", grey[label[z]])
+        for folder, suffix in ((base / "DICOM_anon", ".dcm"), (base / "Ground", ".png")):
+            for stale in folder.glob(f"*{suffix}"):      # left by an earlier, different run
+                if stale.name[: -len(suffix)] not in stems:
+                    stale.unlink()
         info.update(numbering="ascending" if numbers[0] < numbers[-1] else "descending",
                     stems=stems)
         return SyntheticCase(kind, case_id, base / "DICOM_anon", base / "Ground", truth, info)

@@ -9,13 +9,15 @@ so the number of workers, restarts and resume do not change what is trained on.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["make_episode", "EpisodeBatchSampler", "episode_loader", "build_training_dataset",
+__all__ = ["make_episode", "EpisodeBatchSampler", "episode_loader", "ignore_stop_signals",
+           "build_training_dataset",
            "SUPPORT_CLASS"]
 
 log = logging.getLogger(__name__)
@@ -77,12 +79,21 @@ class EpisodeBatchSampler(Sampler):
             g += self.batch_size
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker init: SIGUSR1/SIGTERM are for the training process (which saves and
+    exits, shutting its workers down); a worker killed by them would crash the run first."""
+    from util.signals import STOP_SIGNALS
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def episode_loader(dataset: Dataset, *, start: int, batch_size: int, num_workers: int,
                    pin_memory: bool = False) -> DataLoader:
     """A DataLoader over episodes ``start, start + 1, ...`` in batches of ``batch_size``."""
     return DataLoader(dataset, batch_sampler=EpisodeBatchSampler(start, batch_size),
                       num_workers=int(num_workers), pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      worker_init_fn=ignore_stop_signals if int(num_workers) > 0 else None)
 
 
 def build_training_dataset(cfg: dict, card: Any, *, data_dir: str, train_ids: Sequence[int],

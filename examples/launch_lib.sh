@@ -14,11 +14,13 @@
 #   EXTRA_ARGS="..."     more Sacred arguments (word-split), after those of the command line
 #   PYTHON=python3       what runs the entry point: "torchrun --standalone --nproc_per_node=4",
 #                        "srun ... python3" (examples/frontier/train.sbatch)
-#   RELOAD_PATH=...      (test) the snapshot to evaluate; default: the newest snapshot of the
-#                        matching training run under LOGDIR
-#   RESUME=1             (train) continue each run from its newest snapshot and skip runs whose
-#                        final snapshot (<NSTEP>.pth) exists
-#   STOP_FILE=...        stop before the next run when this file exists (set by the sbatch scripts)
+#   RELOAD_PATH=...      (test) the snapshot to evaluate; default: the training experiment's
+#                        snapshot with the highest step under LOGDIR (as resume=True picks it)
+#   RESUME=1             (train) continue each run from its highest-step snapshot (resume=True)
+#                        and skip runs whose final snapshot (<NSTEP>.pth) exists
+#   PARALLEL=1           runs at a time (in the background when > 1; e.g. one per GPU, with a
+#                        PYTHON that binds one GPU to each: examples/frontier/train.sbatch MODE=farm)
+#   STOP_FILE=...        start no further run once this file exists (set by the sbatch scripts)
 #   DRY_RUN=1            print the commands, run nothing
 #
 # Runs from any directory: it changes to the repository root; relative LOGDIR, DATA_DIR,
@@ -110,14 +112,19 @@ _alpnet_exp_dir() {  # the Sacred experiment folder of a training run (config_ss
     printf '%s/mySSL_%s_%s_sets_%s_1shot' "$LOGDIR" "$(_alpnet_train_prefix "$1" "$2" "$3")" "$DATASET" "$2"
 }
 
-_alpnet_newest_snapshot() {  # highest <step>.pth of the highest-numbered run with snapshots
-    local exp="$1" run snap
+_alpnet_best_snapshot() {  # the highest <step>.pth over the experiment's runs (the rule of resume=True)
+    local exp="$1" run snap best="" best_step=-1 best_run=-1 step
     [[ -d "$exp" ]] || return 1
-    for run in $(ls -1 "$exp" 2>/dev/null | grep -E '^[0-9]+$' | sort -rn); do
-        snap="$(ls -1 "$exp/$run/snapshots" 2>/dev/null | grep -E '^[0-9]+\.pth$' | sort -rn | head -n 1)"
-        if [[ -n "$snap" ]]; then printf '%s' "$exp/$run/snapshots/$snap"; return 0; fi
+    for run in $(ls -1 "$exp" 2>/dev/null | grep -E '^[0-9]+$'); do
+        for snap in $(ls -1 "$exp/$run/snapshots" 2>/dev/null | grep -E '^[0-9]+\.pth$'); do
+            step=$((10#${snap%.pth}))
+            if (( step > best_step || (step == best_step && run > best_run) )); then
+                best="$exp/$run/snapshots/$snap"; best_step="$step"; best_run="$run"
+            fi
+        done
     done
-    return 1
+    [[ -n "$best" ]] || return 1
+    printf '%s' "$best"
 }
 
 _alpnet_args() {  # fill ALPNET_ARGS with the SPEC 7 arguments for fold $1, group $2, scale $3
@@ -140,14 +147,35 @@ _alpnet_args() {  # fill ALPNET_ARGS with the SPEC 7 arguments for fold $1, grou
     return 0
 }
 
-_alpnet_run() {  # print (DRY_RUN=1) or run one command
+_alpnet_run() {  # print (DRY_RUN=1) or run one command; in the background when PARALLEL > 1
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         _alpnet_show "$@"
-    else
-        echo "===================================" >&2
-        _alpnet_show "$@" >&2
-        "$@"
+        return 0
     fi
+    echo "===================================" >&2
+    _alpnet_show "$@" >&2
+    if [[ -z "${_ALPNET_STATUS_DIR:-}" ]]; then
+        "$@"
+        return
+    fi
+    while (( $(jobs -rp | wc -l) >= PARALLEL )); do wait -n || true; done
+    local tag="$((++_ALPNET_N_STARTED))"
+    ( status=0; "$@" || status=$?; echo "$status $*" > "$_ALPNET_STATUS_DIR/$tag" ) &
+}
+
+_alpnet_wait_all() {  # wait for the background runs; non-zero (and their commands) if any failed
+    wait
+    local f status cmd failed=0
+    for f in "$_ALPNET_STATUS_DIR"/*; do
+        [[ -e "$f" ]] || continue
+        read -r status cmd < "$f"
+        if [[ "$status" != 0 ]]; then
+            echo "failed (exit $status): $cmd" >&2
+            failed=1
+        fi
+    done
+    rm -rf "$_ALPNET_STATUS_DIR"
+    return "$failed"
 }
 
 alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
@@ -169,18 +197,22 @@ alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
     read -r -a extra <<< "${EXTRA_ARGS:-}"
     local entry=training.py; [[ "$mode" == test ]] && entry=validation.py
     local fold group scale snap
+    _ALPNET_STATUS_DIR=""; _ALPNET_N_STARTED=0; PARALLEL="${PARALLEL:-1}"
+    if [[ "${DRY_RUN:-0}" != 1 ]] && (( PARALLEL > 1 )); then
+        _ALPNET_STATUS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/alpnet-runs.XXXXXX")"
+    fi
     for group in $LABEL_GROUPS; do
         for fold in $FOLDS; do
             for scale in $SCALES; do
                 if [[ -n "$STOP_FILE" && -e "$STOP_FILE" ]]; then
                     echo "stop requested ($STOP_FILE exists): not starting fold $fold, group $group" >&2
-                    return 0
+                    break 3
                 fi
                 _alpnet_args "$fold" "$group" "$scale" || return 2
                 local -a args=("${ALPNET_ARGS[@]}")
                 if [[ "$mode" == train ]]; then
                     echo "$(_alpnet_train_prefix "$fold" "$group" "$scale")" >&2
-                    if [[ "${RESUME:-0}" == 1 ]] && snap="$(_alpnet_newest_snapshot "$(_alpnet_exp_dir "$fold" "$group" "$scale")")"; then
+                    if [[ "${RESUME:-0}" == 1 ]] && snap="$(_alpnet_best_snapshot "$(_alpnet_exp_dir "$fold" "$group" "$scale")")"; then
                         if [[ "$(basename "$snap")" == "${NSTEP}.pth" ]]; then
                             echo "finished already ($snap): skipped" >&2; continue
                         fi
@@ -188,7 +220,7 @@ alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
                     fi
                 else
                     snap="$RELOAD_PATH"
-                    if [[ -z "$snap" ]] && ! snap="$(_alpnet_newest_snapshot "$(_alpnet_exp_dir "$fold" "$group" "$scale")")"; then
+                    if [[ -z "$snap" ]] && ! snap="$(_alpnet_best_snapshot "$(_alpnet_exp_dir "$fold" "$group" "$scale")")"; then
                         local where
                         where="$(_alpnet_exp_dir "$fold" "$group" "$scale")/<run>/snapshots/<step>.pth"
                         if [[ "${DRY_RUN:-0}" != 1 ]]; then
@@ -205,5 +237,6 @@ alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
             done
         done
     done
+    if [[ -n "$_ALPNET_STATUS_DIR" ]]; then _alpnet_wait_all || return 1; fi
     return 0
 }

@@ -12,6 +12,11 @@ Three modes, all giving one score map per query for one class:
 - ``mask`` (vanilla PANet): ``20 * cos(q, p)`` (eps 1e-4) with the global prototype averaged
   over the shots.
 
+The classifier scores a batch of E episodes at once (E x Q queries against E support sets).
+With one episode the valid prototypes are gathered and applied as a 1x1 convolution, as in the
+reference; with several, every pooled cell is scored and the invalid ones are masked out of the
+softmax (-inf), which gives the same values (to float rounding) without a loop over episodes.
+
 A ``gridconv`` support without any cell above ``thresh`` has no prototype: the reference then
 crashed (and its training loop skipped the batch with a bare ``except``); here it raises
 ``EmptyPrototypeError``, which the training loop catches by name, counts and logs.
@@ -40,28 +45,31 @@ class EmptyPrototypeError(RuntimeError):
     """A ``gridconv`` support mask has no pooled cell above the threshold: no local prototype.
 
     Raised for the background of an episode (query pass) or of the query's own prediction
-    (alignment pass); ``max_pooled`` is the largest pooled mask value found.
+    (alignment pass). ``episodes``: indices (in the classifier's batch) of the episodes without
+    prototype; ``max_pooled``: the largest pooled mask value among them.
     """
 
-    def __init__(self, message: str, *, max_pooled: float, thresh: float) -> None:
+    def __init__(self, message: str, *, episodes: list[int], max_pooled: float,
+                 thresh: float) -> None:
         super().__init__(message)
+        self.episodes = episodes
         self.max_pooled = max_pooled
         self.thresh = thresh
 
 
 class ALPScores(NamedTuple):
-    """Output of the classifier for ``Bq`` queries.
+    """Output of the classifier for E episodes of Q queries.
 
-    score: Bq x 1 x H' x W' class score.
-    proto_assign: Bq x H' x W' index of the most similar prototype (float, as the reference), or
-        None in ``mask`` mode.
-    raw_sims: Bq x K x H' x W' detached similarities ``d`` (K prototypes; K = 1 in ``mask``
-        mode), only when asked for.
+    score: E x Q x H' x W' class score.
+    proto_assign: E x Q x H' x W' index of the most similar local prototype among the episode's
+        prototypes (float, as the reference), or None in ``mask`` mode.
+    raw_sims: when asked for, a list of E detached tensors Q x K_e x H' x W', the similarities
+        ``d`` to the episode's K_e prototypes (K_e = 1 in ``mask`` mode); else None.
     """
 
     score: torch.Tensor
     proto_assign: torch.Tensor | None
-    raw_sims: torch.Tensor | None
+    raw_sims: list[torch.Tensor] | None
 
 
 def safe_norm(x: torch.Tensor, dim: int = 1, eps: float = NORM_FLOOR) -> torch.Tensor:
@@ -70,7 +78,7 @@ def safe_norm(x: torch.Tensor, dim: int = 1, eps: float = NORM_FLOOR) -> torch.T
 
 
 class MultiProtoAsConv(nn.Module):
-    """ALP classifier (name kept for compatibility with the original, SPEC §7).
+    """ALP classifier (name kept from the original, SPEC §7).
 
     Args:
         proto_grid: prototype grid (gh, gw), e.g. ``[8, 8]``.
@@ -100,49 +108,84 @@ class MultiProtoAsConv(nn.Module):
 
     @staticmethod
     def global_prototypes(sup_x: torch.Tensor, sup_y: torch.Tensor) -> torch.Tensor:
-        """Masked averages ``sum(f * m) / (sum(m) + 1e-5)``: Sh x C from Sh x C x H' x W' features
-        and Sh x 1 x H' x W' masks."""
+        """Masked averages ``sum(f * m) / (sum(m) + 1e-5)``: ... x C from ... x C x H' x W'
+        features and ... x 1 x H' x W' masks."""
         return (sup_x * sup_y).sum(dim=(-1, -2)) / (sup_y.sum(dim=(-1, -2)) + GLOBAL_PROTO_EPS)
+
+    def local_prototypes(self, sup_x: torch.Tensor, sup_y: torch.Tensor, thresh: float,
+                         isval: bool, val_wsize: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled cells of every shot and which of them are prototypes.
+
+        Args: sup_x E x Sh x C x H' x W'; sup_y E x Sh x 1 x H' x W'.
+        Returns: (E x (Sh*gh*gw) x C cell features, shot-major as the reference; E x (Sh*gh*gw)
+        bool, pooled mask > ``thresh``).
+        """
+        n_ep, n_shot, n_ch = sup_x.shape[:3]
+        cells = self.pool(sup_x.flatten(0, 1), isval, val_wsize)     # (E*Sh) x C x gh x gw
+        cells = cells.reshape(n_ep, n_shot, n_ch, -1).transpose(2, 3)  # E x Sh x G x C
+        cells = cells.reshape(n_ep, -1, n_ch)                          # E x (Sh*G) x C
+        cell_mask = self.pool(sup_y.flatten(0, 1), isval, val_wsize)  # (E*Sh) x 1 x gh x gw
+        return cells, cell_mask.reshape(n_ep, -1) > thresh
 
     def forward(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
                 thresh: float, isval: bool = False, val_wsize: int | None = None,
                 vis_sim: bool = False) -> ALPScores:
-        """Score ``Bq`` queries against the prototypes of one support set.
+        """Score E episodes: Q queries each against the prototypes of that episode's support.
 
         Args:
-            qry: Bq x C x H' x W' query features.
-            sup_x: Sh x C x H' x W' support features (the shots of one way).
-            sup_y: Sh x 1 x H' x W' support mask of the class, at the feature size, in [0, 1].
-            mode: 'gridconv', 'gridconv+' or 'mask'.
+            qry: E x Q x C x H' x W' query features.
+            sup_x: E x Sh x C x H' x W' support features (the shots of one way).
+            sup_y: E x Sh x 1 x H' x W' support masks of the class at the feature size, in [0, 1].
+            mode: 'gridconv', 'gridconv+' or 'mask' (for every episode).
             thresh: pooled mask value a cell must exceed to give a local prototype.
             isval, val_wsize: validation pooling window instead of the training one.
             vis_sim: also return the raw similarities.
         Raises:
-            EmptyPrototypeError: ``gridconv`` without any cell above ``thresh``.
+            EmptyPrototypeError: ``gridconv`` and an episode without any cell above ``thresh``.
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        n_ep = qry.shape[0]
         if mode == "mask":
-            proto = self.global_prototypes(sup_x, sup_y).mean(dim=0, keepdim=True)  # 1 x C
-            sim = F.cosine_similarity(qry, proto[..., None, None], dim=1, eps=NORM_FLOOR)
-            score = (sim * PROTO_SCALE).unsqueeze(1)                          # Bq x 1 x H' x W'
-            return ALPScores(score, None, score.detach().clone() if vis_sim else None)
+            proto = self.global_prototypes(sup_x, sup_y).mean(dim=1)        # E x C
+            sim = F.cosine_similarity(qry, proto[:, None, :, None, None], dim=2, eps=NORM_FLOOR)
+            score = sim * PROTO_SCALE                                       # E x Q x H' x W'
+            sims = [x.detach().unsqueeze(1).clone() for x in score] if vis_sim else None
+            return ALPScores(score, None, sims)
 
-        n_shot, n_ch = sup_x.shape[:2]
-        cells = self.pool(sup_x, isval, val_wsize)                        # Sh x C x gh x gw
-        cells = cells.reshape(n_shot, n_ch, -1).permute(0, 2, 1).reshape(-1, n_ch)  # (Sh*gh*gw) x C
-        cell_mask = self.pool(sup_y, isval, val_wsize).reshape(-1)          # (Sh*gh*gw)
-        protos = cells[cell_mask > thresh]                                  # K x C
+        cells, valid = self.local_prototypes(sup_x, sup_y, thresh, isval, val_wsize)
         if mode == "gridconv+":
-            glb = self.global_prototypes(sup_x, sup_y)                          # Sh x C
-            protos = torch.cat([protos, glb], dim=0)                            # (K + Sh) x C
-        elif protos.shape[0] == 0:
-            top = float(cell_mask.max()) if cell_mask.numel() else float("nan")
+            glb = self.global_prototypes(sup_x, sup_y)                      # E x Sh x C
+            cells = torch.cat([cells, glb], dim=1)                          # E x K x C
+            valid = torch.cat([valid, valid.new_ones(glb.shape[:2])], dim=1)
+        else:
+            self._check_nonempty(sup_y, valid, thresh, isval, val_wsize)
+        qry_n = safe_norm(qry, dim=2)                                       # E x Q x C x H' x W'
+        if n_ep == 1:  # the reference computation: the valid prototypes as a 1x1 convolution
+            protos = safe_norm(cells[0][valid[0]], dim=1)                   # K x C
+            dists = F.conv2d(qry_n[0], protos[..., None, None]).unsqueeze(0) * PROTO_SCALE
+            logits = dists                                                  # 1 x Q x K x H' x W'
+        else:          # every cell, the invalid ones out of the softmax
+            dists = torch.einsum("ekc,eqchw->eqkhw", safe_norm(cells, dim=2), qry_n) * PROTO_SCALE
+            logits = dists.masked_fill(~valid[:, None, :, None, None], float("-inf"))
+        score = (F.softmax(logits, dim=2) * dists).sum(dim=2)               # E x Q x H' x W'
+        nearest = logits.detach().argmax(dim=2)                             # E x Q x H' x W'
+        if n_ep > 1:   # cell index -> index among the episode's prototypes
+            rank = valid.long().cumsum(dim=1) - 1                           # E x K
+            nearest = rank.gather(1, nearest.flatten(1)).view_as(nearest)
+        sims = None
+        if vis_sim:
+            sims = [d.detach().clone() if n_ep == 1 else d.detach()[:, v].clone()
+                    for d, v in zip(dists, valid)]
+        return ALPScores(score, nearest.float(), sims)
+
+    def _check_nonempty(self, sup_y: torch.Tensor, valid: torch.Tensor, thresh: float,
+                        isval: bool, val_wsize: int | None) -> None:
+        empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            pooled = self.pool(sup_y.flatten(0, 1), isval, val_wsize).reshape(valid.shape)
+            top = float(pooled[empty].max()) if pooled.numel() else float("nan")
             raise EmptyPrototypeError(
-                f"no local prototype: no pooled support-mask cell above {thresh} "
-                f"(largest {top:.4f}, {cell_mask.numel()} cells)", max_pooled=top, thresh=thresh)
-        dists = F.conv2d(safe_norm(qry), safe_norm(protos)[..., None, None]) * PROTO_SCALE
-        # Bq x K x H' x W'
-        score = (F.softmax(dists, dim=1) * dists).sum(dim=1, keepdim=True)  # Bq x 1 x H' x W'
-        assign = dists.detach().argmax(dim=1).float()                       # Bq x H' x W'
-        return ALPScores(score, assign, dists.detach().clone() if vis_sim else None)
+                f"no local prototype in episode(s) {empty}: no pooled support-mask cell above "
+                f"{thresh} (largest {top:.4f}, {valid.shape[1]} cells)", episodes=empty,
+                max_pooled=top, thresh=thresh)

@@ -180,6 +180,9 @@ class FewShotSeg(nn.Module):
                              f"way(s), {n_queries} query(ies), {len(fore_mask)}/"
                              f"{len(back_mask)} mask way(s)")
         n_shots = len(supp_imgs[0])
+        sizes = {tuple(x.shape) for x in supp_imgs[0]}
+        if len(sizes) != 1:
+            raise ValueError(f"every shot needs the same Bs x 3 x H x W, got {sorted(sizes)}")
         sup = torch.cat(list(supp_imgs[0]), dim=0)                # (Sh*Bs) x 3 x H x W
         qry = qry_imgs[0]                                         # B x 3 x H x W
         n_sb = sup.shape[0]
@@ -220,10 +223,12 @@ class FewShotSeg(nn.Module):
                                  f"got {tuple(m.shape)}")
 
     @staticmethod
-    def _fg_mode(mask: torch.Tensor) -> str:
-        """'gridconv+' if the 4 x 4 average-pooled foreground reaches 0.95, else 'mask'."""
-        big = F.avg_pool2d(mask, FG_MODE_POOL).max() >= FG_THRESH
-        return FG_PROT_MODE if bool(big) else "mask"
+    def _fg_modes(masks: torch.Tensor) -> list[str]:
+        """Per episode: 'gridconv+' if the 4 x 4 average-pooled foreground (over all shots)
+        reaches 0.95, else 'mask'. masks: E x Sh x 1 x H' x W'."""
+        pooled = F.avg_pool2d(masks.flatten(0, 1), FG_MODE_POOL)     # (E*Sh) x 1 x h x w
+        big = pooled.reshape(masks.shape[0], -1).amax(dim=1) >= FG_THRESH
+        return [FG_PROT_MODE if b else "mask" for b in big.tolist()]
 
     def _classify(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
                   thresh: float, isval: bool, val_wsize: int | None, vis: bool) -> ALPScores:
@@ -232,77 +237,91 @@ class FewShotSeg(nn.Module):
             return self.cls_unit(qry.float(), sup_x.float(), sup_y.float(), mode=mode,
                                  thresh=thresh, isval=isval, val_wsize=val_wsize, vis_sim=vis)
 
+    def _two_scores(self, qry: torch.Tensor, sup_x: torch.Tensor, bg_y: torch.Tensor,
+                    fg_y: torch.Tensor, isval: bool, val_wsize: int | None, vis: bool,
+                    stage: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Background (``gridconv``) and foreground (mode per episode) scores.
+
+        Args: qry E x Q x C x H' x W'; sup_x E x Sh x C x H' x W'; bg_y, fg_y E x Sh x 1 x H' x W'.
+        Returns: (E x Q x 2 x H' x W' scores, E x Q x H' x W' background prototype assignment,
+        [bg_sims, fg_sims] lists of E tensors, or [None, None]).
+        """
+        try:
+            bg = self._classify(qry, sup_x, bg_y, BG_PROT_MODE, BG_THRESH, isval, val_wsize, vis)
+        except EmptyPrototypeError as err:
+            err.add_note(f"background of {stage}, episode(s) {err.episodes} of the batch")
+            log.debug("empty background prototypes: %s", err)
+            raise
+        modes = self._fg_modes(fg_y)
+        fg_score, fg_sims = None, [None] * len(modes)
+        for mode in sorted(set(modes)):
+            idx = [e for e, m in enumerate(modes) if m == mode]
+            if len(idx) == len(modes):
+                fg = self._classify(qry, sup_x, fg_y, mode, FG_THRESH, isval, val_wsize, vis)
+                fg_score = fg.score
+            else:  # episodes of each mode scored together, put back in batch order
+                sel = torch.tensor(idx, device=qry.device)
+                fg = self._classify(qry[sel], sup_x[sel], fg_y[sel], mode, FG_THRESH, isval,
+                                    val_wsize, vis)
+                if fg_score is None:
+                    fg_score = fg.score.new_zeros((len(modes), *fg.score.shape[1:]))
+                fg_score = fg_score.index_copy(0, sel, fg.score)
+            for i, e in enumerate(idx):
+                fg_sims[e] = fg.raw_sims[i] if vis else None
+        scores = torch.stack([bg.score, fg_score], dim=2)                 # E x Q x 2 x H' x W'
+        return scores, bg.proto_assign, [bg.raw_sims, fg_sims] if vis else [None, None]
+
     def _scores(self, supp_fts: torch.Tensor, res_fg: torch.Tensor, res_bg: torch.Tensor,
                 qry_fts: torch.Tensor, isval: bool, val_wsize: int | None,
                 vis: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Background and foreground scores at the feature size.
+        """Query scores at the feature size.
 
         Args: supp_fts Sh x Bs x C x H' x W'; res_fg, res_bg Sh x Bs x H' x W'; qry_fts
-        Bq x C x H' x W'. Returns (Bq x 2 x H' x W' scores, Bq x 1 x H' x W' background prototype
-        assignment, [bg_sims, fg_sims] lists or [None, None]).
+        Bq x C x H' x W'. Bs = 1: one episode of Bq queries; Bs = Bq: Bq episodes of 1 query.
+        Returns: (Bq x 2 x H' x W' scores, Bq x 1 x H' x W' background prototype assignment,
+        [bg_sims, fg_sims] lists (one tensor n x K x H' x W' per support item) or [None, None]).
         """
         n_q, n_sb = qry_fts.shape[0], supp_fts.shape[1]
-        groups = [(slice(0, n_q), 0)] if n_sb == 1 else [(slice(b, b + 1), b) for b in range(n_q)]
-        scores, assigns, bg_sims, fg_sims = [], [], [], []
-        for q, s in groups:
-            sup_x = supp_fts[:, s]                                # Sh x C x H' x W'
-            bg_msk = res_bg[:, s].unsqueeze(1)                    # Sh x 1 x H' x W'
-            fg_msk = res_fg[:, s].unsqueeze(1)                    # Sh x 1 x H' x W'
-            try:
-                bg = self._classify(qry_fts[q], sup_x, bg_msk, BG_PROT_MODE, BG_THRESH, isval,
-                                    val_wsize, vis)
-            except EmptyPrototypeError as err:
-                err.add_note(f"background of support item {s} (query pass)")
-                log.debug("empty background prototypes: %s", err)
-                raise
-            fg = self._classify(qry_fts[q], sup_x, fg_msk, self._fg_mode(fg_msk), FG_THRESH,
-                                isval, val_wsize, vis)
-            scores.append(torch.cat([bg.score, fg.score], dim=1))  # n x 2 x H' x W'
-            assigns.append(bg.proto_assign.unsqueeze(1))           # n x 1 x H' x W'
-            bg_sims.append(bg.raw_sims)
-            fg_sims.append(fg.raw_sims)
-        sims = [bg_sims, fg_sims] if vis else [None, None]
-        return torch.cat(scores, dim=0), torch.cat(assigns, dim=0), sims
+        qry = qry_fts.unsqueeze(0) if n_sb == 1 else qry_fts.unsqueeze(1)  # E x Q x C x H' x W'
+        sup_x = supp_fts.transpose(0, 1)                                  # E x Sh x C x H' x W'
+        bg_y = res_bg.transpose(0, 1).unsqueeze(2)                        # E x Sh x 1 x H' x W'
+        fg_y = res_fg.transpose(0, 1).unsqueeze(2)
+        scores, assign, sims = self._two_scores(qry, sup_x, bg_y, fg_y, isval, val_wsize, vis,
+                                                "the support (query pass)")
+        fts_hw = scores.shape[-2:]
+        return scores.reshape(n_q, 2, *fts_hw), assign.reshape(n_q, 1, *fts_hw), sims
 
     def _alignment_loss(self, qry_fts: torch.Tensor, scores: torch.Tensor,
                         supp_fts: torch.Tensor, fore_mask: torch.Tensor,
                         back_mask: torch.Tensor) -> torch.Tensor:
         """PANet prototype alignment (SPEC §4): segment each support with the query's predicted
-        masks as "support"; cross-entropy against the support label, / shots / ways, averaged
-        over the batch items.
+        masks as "support"; cross-entropy against the support label (1 in the fg mask, 0 in the
+        bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
 
         Args: qry_fts B x C x H' x W'; scores B x 2 x H' x W' (before upsampling); supp_fts
         Sh x Bs x C x H' x W'; fore_mask, back_mask Sh x Bs x H x W.
         """
         n_ways = 1
-        n_shots, n_sb = supp_fts.shape[:2]
+        n_shots = supp_fts.shape[0]
         n_q = qry_fts.shape[0]
-        pred = scores.argmax(dim=1, keepdim=True)                 # B x 1 x H' x W'
         fts_size = tuple(supp_fts.shape[-2:])
-        total = qry_fts.new_zeros(())
-        for b in range(n_q):
-            s = b if n_sb > 1 else 0
-            q_bg = self.resize_masks((pred[b:b + 1] == 0).float(), fts_size)  # 1 x 1 x H' x W'
-            q_fg = self.resize_masks((pred[b:b + 1] == 1).float(), fts_size)
-            fg_mode = self._fg_mode(q_fg)
-            for shot in range(n_shots):
-                img_fts = supp_fts[shot, s:s + 1]                 # 1 x C x H' x W'
-                try:
-                    bg = self._classify(img_fts, qry_fts[b:b + 1], q_bg, BG_PROT_MODE,
-                                        BG_THRESH, False, None, False)
-                except EmptyPrototypeError as err:
-                    err.add_note(f"predicted background of query item {b} (alignment pass)")
-                    log.debug("empty background prototypes: %s", err)
-                    raise
-                fg = self._classify(img_fts, qry_fts[b:b + 1], q_fg, fg_mode, FG_THRESH, False,
-                                    None, False)
-                supp_pred = F.interpolate(torch.cat([bg.score, fg.score], dim=1),
-                                          size=tuple(fore_mask.shape[-2:]), mode="bilinear")
-                # 1 x 2 x H x W
-                label = torch.full(fore_mask.shape[-2:], IGNORE_INDEX, dtype=torch.long,
-                                   device=fore_mask.device)       # H x W
-                label[fore_mask[shot, s] == 1] = 1
-                label[back_mask[shot, s] == 1] = 0
-                total = total + F.cross_entropy(supp_pred, label[None],
-                                                ignore_index=IGNORE_INDEX) / n_shots / n_ways
-        return total / n_q
+        pred = scores.argmax(dim=1, keepdim=True)                         # B x 1 x H' x W'
+        q_bg = self.resize_masks((pred == 0).float(), fts_size)[:, None]  # B x 1 x 1 x H' x W'
+        q_fg = self.resize_masks((pred == 1).float(), fts_size)[:, None]
+        # episode b: the shots of support b are the queries, query b the support
+        shots = supp_fts.transpose(0, 1).expand(n_q, -1, -1, -1, -1)     # B x Sh x C x H' x W'
+        supp_scores, _, _ = self._two_scores(shots, qry_fts[:, None], q_bg, q_fg, False, None,
+                                             False, "the predicted query (alignment pass)")
+        img_size = tuple(fore_mask.shape[-2:])
+        supp_pred = F.interpolate(supp_scores.flatten(0, 1), size=img_size, mode="bilinear")
+        # (B*Sh) x 2 x H x W
+        fg = fore_mask.transpose(0, 1).expand(n_q, -1, -1, -1).flatten(0, 1)   # (B*Sh) x H x W
+        bg = back_mask.transpose(0, 1).expand(n_q, -1, -1, -1).flatten(0, 1)
+        label = torch.full(fg.shape, IGNORE_INDEX, dtype=torch.long, device=fg.device)
+        label[fg == 1] = 1
+        label[bg == 1] = 0
+        pixel_loss = F.cross_entropy(supp_pred, label, ignore_index=IGNORE_INDEX,
+                                     reduction="none")                      # (B*Sh) x H x W
+        # mean over each support's labelled pixels (F.cross_entropy's 'mean'; NaN without any)
+        per_support = pixel_loss.sum(dim=(1, 2)) / (label != IGNORE_INDEX).sum(dim=(1, 2))
+        return (per_support.reshape(n_q, n_shots).sum(dim=1) / n_shots / n_ways).mean()

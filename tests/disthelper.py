@@ -42,11 +42,13 @@ def rank_env(rank: int, world_size: int, port: int, launcher: str = "torchrun") 
     if launcher == "torchrun":
         env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                    LOCAL_WORLD_SIZE=str(world_size))
+    elif launcher == "none":             # a plain `python3 training.py`: no launcher variables
+        env = {}
     elif launcher == "slurm":
         env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world_size), SLURM_LOCALID=str(rank),
                    SLURM_NODEID="0")
     else:
-        raise ValueError(f"launcher must be 'torchrun' or 'slurm', got {launcher!r}")
+        raise ValueError(f"launcher must be 'torchrun', 'slurm' or 'none', got {launcher!r}")
     return env
 
 

@@ -2,12 +2,14 @@
 back to the raw grid against the synthetic generator's truth."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from data.cards import load_card
-from data.geometry import restore_to_raw
+from data.geometry import read_record, restore_to_raw
 from data.preprocess import Recipe, preprocess_ct, preprocess_image, preprocess_mr, preprocess_scan
 from data.synthetic import write_synthetic
 
@@ -147,6 +149,13 @@ def test_restore_accepts_cut_planes_and_rejects_bad_masks(tmp_path):
         restore_to_raw(np.zeros((2, 256, 256), np.uint8), record)
     with pytest.raises(ValueError, match="lacks 'raw'"):
         restore_to_raw(mask, {"output": record["output"]})
+    (tmp_path / "record_0.json").write_text(json.dumps(record))
+    assert read_record(tmp_path / "record_0.json") == record
+    (tmp_path / "record_1.json").write_text(json.dumps({"raw": record["raw"]}))
+    with pytest.raises(ValueError, match=r"record_1\.json: preprocessing record lacks \['output'\]"):
+        read_record(tmp_path / "record_1.json")
+    with pytest.raises(FileNotFoundError, match="record_2.json"):
+        read_record(tmp_path / "record_2.json")
 
 
 def test_label_values_outside_the_card_are_rejected():

@@ -87,6 +87,14 @@ def test_c0_layout(tmp_path):
     assert not np.allclose(np.abs(direction), np.eye(3), atol=0.05)  # oblique short axis
 
 
+def test_rewrite_replaces_a_different_case(tmp_path):
+    first, = write_synthetic("chaos", tmp_path, 1, seed=0, size=256)
+    second, = write_synthetic("chaos", tmp_path, 1, seed=5, size=256)
+    assert first.truth.GetSize()[2] != second.truth.GetSize()[2]
+    names, vol = _read_series(second.image_path)
+    assert len(names) == second.truth.GetSize()[2] == len(list(second.label_path.glob("*.png")))
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic kind"):
         write_synthetic("ct", tmp_path, 1)

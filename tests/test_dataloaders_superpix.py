@@ -173,3 +173,11 @@ def test_single_superpixel_slices_are_skipped_and_empty_masks_counted(tmp_path):
     redraw = SuperpixelDataset(card, tiny.data_dir, train, seed=3, which_aug="none",
                                exclude_cls_list=[], max_iters_per_load=2, redraw_empty_superpix=True)
     assert not any(redraw[i]["empty_mask"] for i in range(40))
+
+
+def test_scan_per_load_draws_scans_per_sub_epoch(chaos):
+    ds, train = make(chaos, which_aug="none", exclude_cls_list=[], max_iters_per_load=6, scan_per_load=2)
+    per_epoch = [{ds[e * 6 + i]["scan_id"] for i in range(6)} for e in range(4)]
+    assert all(1 <= len(s) <= 2 for s in per_epoch)
+    assert len(set.union(*per_epoch)) > 2                          # other scans in later sub-epochs
+    assert [ds[i]["epoch"] for i in (5, 6, 23)] == [0, 1, 3]

@@ -83,12 +83,13 @@ def test_train_launchers_print_the_spec_lines_for_all_folds_and_groups(tmp_path,
 
 @pytest.mark.parametrize("script, d", [("test_ssl_abdominal_mri.sh", MR), ("test_ssl_abdominal_ct.sh", CT)],
                          ids=["mri", "ct"])
-def test_test_launchers_take_the_newest_snapshot_of_the_training_run(tmp_path, script, d):
+def test_test_launchers_take_the_highest_step_snapshot_of_the_training_run(tmp_path, script, d):
     g, f = 1, 3
     exp = f"mySSL_train_{d['dataset']}_lbgroup{g}_scale_MIDDLE_vfold{f}_{d['dataset']}_sets_{g}_1shot"
     fake_run(tmp_path, exp, 1, [100, 200])
     newest = fake_run(tmp_path, exp, 2, [300, 1000]) / "1000.pth"    # 1000 > 300 numerically
-    (tmp_path / exp / "3").mkdir()                                     # a run that saved nothing yet
+    fake_run(tmp_path, exp, 3, [50])                                   # a later run, fewer steps
+    (tmp_path / exp / "4").mkdir()                                     # a run that saved nothing yet
     res = launch(script, DRY_RUN="1", LOGDIR=str(tmp_path), FOLDS=str(f), LABEL_GROUPS=str(g))
     assert lines(res) == [spec_test_argv(d, f, g, str(tmp_path), str(newest))]
 

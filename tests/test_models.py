@@ -101,10 +101,13 @@ def eval_pair(model: FewShotSeg) -> dict[str, torch.Tensor]:
     d = _load("eval_128")
     ep1, ep2 = _inputs(d), _episode2(d)
     _set_mode(model, "eval")
-    batch, _ = _run(model, *_pair(ep1, ep2), True)
+    s, q, fg, bg = _pair(ep1, ep2)
+    with torch.no_grad():
+        batch, _, sims, assign = model([[s]], [[fg]], [[bg]], [q], isval=True,
+                                       val_wsize=VAL_WSIZE, show_viz=True)
     single2, _ = _run(model, *ep2, True)
     return {"batch": batch, "single2": single2, "expected1": torch.from_numpy(d["pred"]),
-            "inputs": _pair(ep1, ep2)}
+            "inputs": _pair(ep1, ep2), "sims": sims, "assign": assign}
 
 
 def test_eval_batch_items_equal_batch_one(eval_pair: dict[str, torch.Tensor]) -> None:
@@ -154,26 +157,28 @@ def test_train_batch_align_loss_is_item_mean(model: FewShotSeg) -> None:
     assert align1 > 0
 
 
-def test_forward_outputs(model: FewShotSeg) -> None:
-    d = _load("eval_128")
-    s, q, fg, bg = _inputs(d)
-    _set_mode(model, "eval")
-    with torch.no_grad():
-        logits, align, (bg_sims, fg_sims), assign = model([[s]], [[fg]], [[bg]], [q], True,
-                                                          VAL_WSIZE, show_viz=True)
-    assert assign.shape == (1, 1, 16, 16)
-    n_proto = bg_sims[0].shape[1]                       # local background prototypes
-    assert 0 < n_proto <= 64 and assign.max() < n_proto
-    assert fg_sims[0].shape[0] == 1
+def test_forward_outputs(eval_pair: dict) -> None:
+    """show_viz: per support item, background similarities to its K local prototypes (at most
+    8 x 8 cells) and foreground ones; the assignment indexes those prototypes."""
+    bg_sims, fg_sims = eval_pair["sims"]
+    assign = eval_pair["assign"]
+    assert assign.shape == (2, 1, 16, 16)
+    assert len(bg_sims) == len(fg_sims) == 2
+    for b in range(2):
+        n_proto = bg_sims[b].shape[1]
+        assert 0 < n_proto <= 64 and assign[b].max() < n_proto
+        assert torch.equal(bg_sims[b].argmax(dim=1).float(), assign[b])
+        assert fg_sims[b].shape[0] == 1 and fg_sims[b].shape[-2:] == (16, 16)
 
 
 def test_empty_background_raises(model: FewShotSeg) -> None:
     """A support whose background mask is empty has no local prototype: a named error."""
-    d = _load("eval_128")
-    s, q, fg, _ = _inputs(d)
-    _set_mode(model, "eval")
+    torch.manual_seed(2)
+    fg = torch.zeros(1, 1, 128, 128)
+    fg[..., :64, :] = 1
     with torch.no_grad(), pytest.raises(EmptyPrototypeError, match="above 0.95") as err:
-        model([[s]], [[fg]], [[torch.zeros_like(fg)]], [q], isval=True, val_wsize=VAL_WSIZE)
+        model.predict_from_features(torch.randn(1, 1, 256, 16, 16), fg, torch.zeros_like(fg),
+                                    torch.randn(3, 256, 16, 16), VAL_WSIZE, (128, 128))
     assert err.value.max_pooled == 0.0
     assert "query pass" in "".join(err.value.__notes__)
 

@@ -86,7 +86,8 @@ def test_coco_mapping() -> None:
     enc = build_encoder("dlfcn_res50", "random")
     load_torchvision_state(enc, coco, "coco", "coco.pth")
     got = enc.state_dict()
-    assert torch.equal(got["backbone.layer4.2.conv3.weight"], coco["backbone.layer4.2.conv3.weight"])
+    key = "backbone.layer4.2.conv3.weight"
+    assert torch.equal(got[key], coco[key])
     assert torch.equal(got["aspp_out.0.project.0.weight"], coco["classifier.0.project.0.weight"])
     assert torch.equal(got["aspp_out.1.weight"], coco["classifier.1.weight"])
     del coco["backbone.layer1.0.conv1.weight"]
@@ -119,6 +120,11 @@ def test_res18_episode_trains_and_checkpoint_skips_weights(tmp_path: Path) -> No
     loss.backward()
     assert torch.isfinite(loss) and align.item() > 0
     assert model.encoder.localconv.weight.grad.abs().sum() > 0
+    # every trainable parameter gets a gradient (DDP without find_unused_parameters); the
+    # unused ASPP head is frozen
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    assert not any(p.requires_grad for p in model.encoder.aspp_out.parameters())
     ckpt = tmp_path / "res18.pth"
     torch.save(model.state_dict(), ckpt)
     cfg = {**RES18, "init_weights": None, "use_coco_init": True}
@@ -189,3 +195,37 @@ def test_fetch_skips_cached(empty_hub: Path) -> None:
 
     report = fetch_weights.fetch([spec], download=never)
     assert report.ok and report.present == [spec.cache_path]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train-bn-frozen"])
+def test_res18_mixed_fg_modes_batch_equals_single(training: bool) -> None:
+    """Batch of 2 whose foregrounds take different modes (item 0: an aligned 4 x 4 feature cell
+    -> gridconv+; item 1: straddling cells -> mask): each item equals its batch-1 output, and in
+    training the alignment loss is the items' mean."""
+    torch.manual_seed(6)
+    model = FewShotSeg(cfg=RES18)
+    model.train(training)
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.eval()
+    sup, qry = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    fg = torch.zeros(2, 64, 64)
+    fg[0, :32, :32] = 1
+    fg[1, 8:28, 8:28] = 1
+    res_fg = FewShotSeg.resize_masks(fg, (8, 8))[:, None, None]      # E x Sh x 1 x 8 x 8
+    assert FewShotSeg._fg_modes(res_fg) == ["gridconv+", "mask"]
+
+    def run(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = model([[sup[sl]]], [[fg[sl]]], [[1 - fg[sl]]], [qry[sl]], not training, 2)
+        return out[0], out[1]
+
+    batch, align = run(slice(0, 2))
+    for b in range(2):
+        single, align_b = run(slice(b, b + 1))
+        assert (batch[b] - single[0]).abs().max() <= 1e-4 * single.abs().max()
+        if training:
+            assert align_b > 0
+    if training:
+        mean = (run(slice(0, 1))[1] + run(slice(1, 2))[1]) / 2
+        assert abs(align.item() - mean.item()) <= 1e-5

@@ -82,11 +82,18 @@ def config(tiny, **updates):
     return cfg
 
 
-def run_train(cfg, run_dir, model=None, run=None, exp_dir=None):
+def run_train(cfg, run_dir, run=None, exp_dir=None, **model_kw):
+    """``train`` with a FakeFewShot built by the trainer (after it seeded torch)."""
     s = check_config(cfg)
-    model = model if model is not None else FakeFewShot()
-    return trainer.train(cfg, card=s.card, data_dir=s.data_dir, train_ids=s.train_ids, info=CPU, run=run,
-                         run_dir=run_dir, experiment_dir=exp_dir, model_factory=lambda c: model), model
+    built = []
+
+    def factory(c):
+        built.append(FakeFewShot(**model_kw))
+        return built[0]
+
+    res = trainer.train(cfg, card=s.card, data_dir=s.data_dir, train_ids=s.train_ids, info=CPU, run=run,
+                        run_dir=run_dir, experiment_dir=exp_dir, model_factory=factory)
+    return res, built[0]
 
 
 def test_weighted_cross_entropy_by_hand():
@@ -187,19 +194,19 @@ def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, m
 def test_failed_episodes_are_skipped_and_counted(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "episode_errors", lambda: (FakeEpisodeError,))
     res, model = run_train(config(tiny, n_steps=4, save_snapshot_every=10),
-                           tmp_path / "run", model=FakeFewShot(fail_calls={2, 3}))
+                           tmp_path / "run", fail_calls={2, 3})
     assert res["step"] == 4 and res["skipped_episodes"] == 2 and res["episodes_drawn"] == 6
     snap = read_snapshot(tmp_path / "run" / "snapshots" / "4.pth")
     assert snap["lr_scheduler"]["last_epoch"] == 4               # stepped only after good batches
     with pytest.raises(FakeEpisodeError):                        # other errors are not swallowed
         monkeypatch.setattr(trainer, "episode_errors", lambda: ())
-        run_train(config(tiny, n_steps=2), tmp_path / "run2", model=FakeFewShot(fail_calls={1}))
+        run_train(config(tiny, n_steps=2), tmp_path / "run2", fail_calls={1})
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_snapshot(tiny, tmp_path):
     with pytest.raises(trainer.NonFiniteLossError, match=r"step 3\b.*2\.pth"):
         run_train(config(tiny, n_steps=6, save_snapshot_every=2), tmp_path / "run",
-                  model=FakeFewShot(nan_calls={3}))
+                  nan_calls={3})
     assert sorted(p.name for p in (tmp_path / "run" / "snapshots").glob("*.pth")) == ["2.pth"]
 
 
@@ -213,3 +220,9 @@ def test_resume_rejects_foreign_and_bare_checkpoints(tiny, tmp_path):
     torch.save(FakeFewShot().state_dict(), bare)
     with pytest.raises(ValueError, match="reload_model_path"):
         run_train(config(tiny, resume_from=str(bare)), tmp_path / "b")
+
+
+def test_bf16_autocast_step(tiny, tmp_path):
+    res, model = run_train(config(tiny, n_steps=2, precision="bf16"), tmp_path / "run")
+    assert res["step"] == 2
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())

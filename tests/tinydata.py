@@ -27,13 +27,15 @@ __all__ = ["TinyData", "build_tiny_dataset", "write_hwz", "ORGANS", "BODY_VALUE"
 
 BODY_VALUE = 100.0
 ORGAN_VALUES = (0.0, 200.0, 300.0, 350.0, 250.0, 150.0, 320.0)  # per class (cycled)
-# class -> (row0, col0, size as a fraction of hw, slices where present: 'all' | 'upper' | 'lower')
+# class -> (row0, col0, size as a fraction of hw, slices where present: 'most' (all but the last),
+# 'upper' (first half), 'lower' (second half)); the last slice never holds 1, 2, 3 or 6, so every
+# setting-2 exclusion leaves training slices
 ORGANS = {
-    1: (0.20, 0.15, 0.30, "all"),     # large, every slice (liver / spleen in CT)
+    1: (0.20, 0.15, 0.30, "most"),    # large, every slice but the last (liver / spleen in CT)
     2: (0.55, 0.20, 0.16, "upper"),   # small, upper half of the slices
     3: (0.55, 0.62, 0.16, "upper"),
     4: (0.20, 0.60, 0.22, "lower"),
-    6: (0.70, 0.42, 0.12, "all"),     # CT only (SABS liver)
+    6: (0.70, 0.42, 0.12, "most"),    # CT only (SABS liver)
 }
 MIN_TPS = (1, 100)                    # class maps written (SPEC §8 "class index files")
 
@@ -68,8 +70,8 @@ def write_hwz(arr_hwz: np.ndarray, path: Path, spacing=(1.25, 1.25, 7.7)) -> Non
 
 
 def _present(where: str, z: int, depth: int) -> bool:
-    if where == "all":
-        return True
+    if where == "most":
+        return z < depth - 1
     return z < (depth + 1) // 2 if where == "upper" else z >= depth // 2
 
 

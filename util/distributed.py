@@ -235,6 +235,11 @@ def wrap_ddp(model: nn.Module, info: DistInfo, *, find_unused_parameters: bool =
 
     BatchNorm stays per rank (no SyncBatchNorm): each episode normalises with its own batch, as
     on one GPU. Gradients are averaged over ranks.
+
+    Every trainable parameter must get a gradient each step, or DDP's gradient buckets stall
+    ("Expected to have finished reduction"): ALPNet's encoder freezes the DeepLab ASPP head it
+    keeps only for its state_dict keys. A model with data-dependent unused parameters needs
+    ``find_unused_parameters=True`` (a graph search every step).
     """
     if info.world_size <= 1:
         return model

@@ -12,12 +12,26 @@ __all__ = ["setup_logging", "LOG_FORMAT"]
 LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record, so Sacred's console
+    capture (which replaces ``sys.stderr`` during a run, then closes its copy) gets the lines of
+    every run, also when several runs share one process (tests)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """Configure the root logger once: ``level`` on rank 0, WARNING elsewhere."""
     root = logging.getLogger()
     effective = level if rank == 0 else logging.WARNING
     if not any(getattr(h, "_alpnet", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler._alpnet = True  # type: ignore[attr-defined]
         root.addHandler(handler)

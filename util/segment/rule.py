@@ -1,0 +1,126 @@
+"""Which support part predicts which query slice, with and without a known organ extent.
+
+With a z-range (``--z-range ZMIN ZMAX``) the query slices are assigned to parts exactly as the
+validation protocol does it (SPEC.md §6, ``util.protocol.assign_parts``) and only the slices of
+the range are predicted: on a benchmark scan with its ground-truth range the mask equals the one
+validation scores.
+
+Without it no ground truth is used. The label-free rule (``extent``, the default):
+
+1. every query slice is predicted with the support slice of every part (the query is encoded
+   once; only the prototype head runs ``npart`` times);
+2. the slices are combined by the largest foreground probability over the parts (a pixel is
+   organ when any part's prediction says so) and the largest 3-D connected component of that
+   mask gives the organ's estimated first and last slice;
+3. inside that estimated extent each slice takes the prediction of the part that the protocol
+   would assign it to (``assign_parts`` over the estimate), outside it is background.
+
+The rule ``max`` stops after step 2 (every slice, no extent); it is kept for comparison.
+The README reports the Dice of both against the protocol's on the real CHAOS scans.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from util.protocol import Support, assign_parts, encode_slices, predict_from_support
+
+__all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "combine_max", "largest_component",
+           "estimated_extent", "masks_by_part", "label_free_mask"]
+
+log = logging.getLogger(__name__)
+
+RULES = ("extent", "max")
+DEFAULT_RULE = "extent"
+CONNECTIVITY = 1          # 6-neighbourhood in 3-D for the largest component (scipy's default)
+
+
+def predict_every_part(model: torch.nn.Module, support: Support, image_hwz: np.ndarray, *,
+                       batch_size: int = 8, device: torch.device | str = "cpu",
+                       val_wsize: int = 2, on_batch=None) -> np.ndarray:
+    """Predict every slice of a volume with the support of every part.
+
+    Each query slice is encoded once (batches of ``batch_size``); the prototype head then runs
+    once per part on the same features.
+
+    Args:
+        image_hwz: H x W x Z normalised query volume.
+        on_batch: optional callable(n_slices) after each batch (progress bars).
+    Returns:
+        uint8 npart x Z x H x W: the argmax prediction (0/1) of each part for each slice.
+    """
+    h, w, n_z = image_hwz.shape
+    out = np.zeros((support.npart, n_z, h, w), dtype=np.uint8)
+    step = max(int(batch_size), 1)
+    for start in range(0, n_z, step):
+        chunk = list(range(start, min(start + step, n_z)))
+        fts = encode_slices(model, image_hwz, chunk, device=device)      # B x C x H' x W'
+        for p in range(support.npart):
+            logits = predict_from_support(model, support, fts, [p] * len(chunk),
+                                          img_size=(h, w), val_wsize=val_wsize)
+            out[p, chunk] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return out
+
+
+def combine_max(per_part: np.ndarray) -> np.ndarray:
+    """Largest foreground probability over the parts, thresholded at 1/2: a voxel is organ when
+    any part predicts it (npart x Z x H x W -> Z x H x W uint8)."""
+    return per_part.max(axis=0)
+
+
+def largest_component(mask_zyx: np.ndarray) -> np.ndarray:
+    """The largest 3-D connected component (6-neighbourhood) of a binary mask (uint8)."""
+    labelled, n = ndimage.label(mask_zyx > 0, structure=ndimage.generate_binary_structure(3, CONNECTIVITY))
+    if n == 0:
+        return np.zeros(mask_zyx.shape, dtype=np.uint8)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return (labelled == int(sizes.argmax())).astype(np.uint8)
+
+
+def estimated_extent(per_part: np.ndarray) -> tuple[int, int] | None:
+    """(first, last) slice of the largest component of :func:`combine_max`; None when no part
+    predicts any organ voxel."""
+    comp = largest_component(combine_max(per_part))
+    zs = np.flatnonzero(comp.any(axis=(1, 2)))
+    return (int(zs[0]), int(zs[-1])) if zs.size else None
+
+
+def masks_by_part(per_part: np.ndarray, z_min: int, z_max: int) -> np.ndarray:
+    """The protocol's mask for a known extent: slice ``z`` in ``[z_min, z_max]`` takes the
+    prediction of its part (``assign_parts``), other slices are background (Z x H x W uint8)."""
+    npart, n_z = per_part.shape[:2]
+    zs = np.arange(max(z_min, 0), min(z_max, n_z - 1) + 1)
+    out = np.zeros(per_part.shape[1:], dtype=np.uint8)
+    if zs.size:
+        parts = assign_parts(zs, z_min, z_max, npart)
+        out[zs] = per_part[parts, zs]
+    return out
+
+
+def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The mask of the label-free rule (module docstring) and the extent it used (None: ``max``,
+    or nothing predicted).
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}: choose one of {', '.join(RULES)}")
+    if rule == "max":
+        return combine_max(per_part), None
+    extent = estimated_extent(per_part)
+    if extent is None:
+        return np.zeros(per_part.shape[1:], dtype=np.uint8), None
+    return masks_by_part(per_part, *extent), extent
+
+
+def parts_for_range(n_slices: int, z_range: Sequence[int], npart: int) -> np.ndarray:
+    """Part of every slice for a known range (``assign_parts`` over all slices)."""
+    return assign_parts(np.arange(n_slices), int(z_range[0]), int(z_range[1]), npart)

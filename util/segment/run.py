@@ -1,0 +1,212 @@
+"""Segment a user's scans from one labelled support scan (issue 7): the work behind ``segment.py``.
+
+Per call: the request is checked completely (:func:`util.segment.inputs.preflight`), the network
+is built from the checkpoint, the support scan is brought to the training geometry and its
+``n_sup_part`` support slices are encoded once (``util.protocol.build_support``); then each
+query is preprocessed, its slices encoded once in batches, predicted (with ``--z-range`` by the
+protocol's part assignment, else by the label-free rule of :mod:`util.segment.rule`), and the mask
+written in the query's own grid, with a PNG overlay; finally one CSV line per query with the
+organ's volume.
+
+Outputs in ``out``: ``<query stem>_label<C>.nii.gz`` (uint8, C inside the organ),
+``<query stem>_label<C>.png`` and ``volumes_label<C>.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataloaders.niftiio import read_image
+from dataloaders.scans import NormStats
+from util.figures import plot_support_query
+from util.io import atomic_write_text
+from util.protocol import Support, SupportScan, assign_parts, build_support, predict_volume
+from util.segment.checkpoint_info import build_segmenter
+from util.segment.inputs import Plan, SegmentRequest, mask_name, preflight, query_stem
+from util.segment.rule import label_free_mask, predict_every_part
+from util.segment.volumes import (Prepared, mask_volume_ml, normalise_prepared, prepare_query,
+                                  prepare_support, range_to_training, support_stats, write_mask)
+
+__all__ = ["QueryResult", "SegmentReport", "segment", "segment_planned", "csv_name", "CSV_FIELDS"]
+
+log = logging.getLogger(__name__)
+
+SUPPORT_ORGAN = 1        # the support label is reduced to 0/1 before anything else
+CSV_FIELDS = ("query", "mask", "label", "voxels", "volume_ml", "training_slices",
+              "predicted_range", "how")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryResult:
+    """One query's outputs. ``predicted_range`` is in training-grid slices: the given
+    ``--z-range`` mapped there, or the extent the label-free rule estimated (None: ``max``
+    rule or nothing found)."""
+    query: Path
+    mask: Path
+    overlay: Path | None
+    label: int
+    voxels: int
+    volume_ml: float
+    training_slices: int
+    predicted_range: tuple[int, int] | None
+    how: str
+
+
+@dataclasses.dataclass
+class SegmentReport:
+    """What a call did: per-query results, the CSV, and how many slices went through the
+    encoder (support once per call; each query slice once)."""
+    results: list[QueryResult]
+    csv: Path
+    support_slices: list[int]
+    support_encoded: int
+    query_encoded: int
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [f"{r.mask.name}: {r.volume_ml:.1f} mL ({r.how})" for r in self.results]
+        lines.append(f"{len(self.results)} mask(s) and {self.csv.name} written to {self.csv.parent} "
+                     f"in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def csv_name(label: int) -> str:
+    return f"volumes_label{int(label)}.csv"
+
+
+def _norm_stats(plan: Plan, support: Prepared) -> NormStats | None:
+    """CT (fold-global) statistics: ``--norm-stats``, else the checkpoint's recorded ones, else
+    the support scan's own (fallback, logged)."""
+    if plan.card.normalisation != "fold_global":
+        return None
+    if plan.request.norm_stats is not None:
+        return NormStats(float(plan.request.norm_stats[0]), float(plan.request.norm_stats[1]))
+    if plan.checkpoint.norm_stats is not None:
+        return plan.checkpoint.norm_stats
+    stats = support_stats(support)
+    log.warning("%s normalises with the training fold's statistics, which %s does not record: "
+                "using the support scan's mean %.3f and std %.3f for every scan (pass "
+                "--norm-stats MEAN STD to set them)", plan.card.name, plan.checkpoint.path,
+                stats.mean, stats.std)
+    return stats
+
+
+def _overlay_slices(mask_zyx: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` slices spread evenly over those holding the organ (else over the volume)."""
+    zs = np.flatnonzero(mask_zyx.any(axis=(1, 2)))
+    if zs.size == 0:
+        zs = np.arange(mask_zyx.shape[0])
+    picks = np.linspace(0, zs.size - 1, num=min(max(int(n), 1), zs.size)).round().astype(int)
+    return [int(zs[i]) for i in sorted(set(picks.tolist()))]
+
+
+def _overlay(support: Support, scan: Prepared, mask_zyx: np.ndarray, label: int, n: int,
+             target: Path) -> Path:
+    sup_row = [(f"support z={part.slices[0][1]} (part {i})", part.images[0],
+                part.fg[0].cpu().numpy() > 0.5) for i, part in enumerate(support.parts)]
+    qry_row = [(f"{scan.name} z={z}", scan.image[..., z], None, mask_zyx[z])
+               for z in _overlay_slices(mask_zyx, n)]
+    return plot_support_query([sup_row], qry_row, f"label {label}, training geometry", target)
+
+
+def _predict_range(model: torch.nn.Module, support: Support, scan: Prepared, z_range: tuple[int, int],
+                   plan: Plan, device: torch.device, bar: tqdm) -> np.ndarray:
+    """The protocol's prediction on the slices of ``z_range`` (others background)."""
+    parts = assign_parts(np.arange(scan.n_slices), z_range[0], z_range[1], support.npart)
+    mask = np.zeros((scan.n_slices,) + scan.image.shape[:2], dtype=np.uint8)
+    zs = list(range(z_range[0], z_range[1] + 1))
+    step = int(plan.request.batch_size)
+    for start in range(0, len(zs), step):
+        chunk = zs[start:start + step]
+        pred = predict_volume(model, support, scan.image, parts, zs=chunk, batch_size=step,
+                              device=device, val_wsize=plan.checkpoint.val_wsize)
+        mask[chunk] = pred[chunk]
+        bar.update(len(chunk))
+    return mask
+
+
+def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
+                    progress: bool = True) -> SegmentReport:
+    """Run a checked request (:func:`util.segment.inputs.preflight`); ``model`` (eval mode, on
+    ``plan.request.device``) replaces the one built from the checkpoint (benchmarks)."""
+    start = time.perf_counter()
+    req, card = plan.request, plan.card
+    device = torch.device(req.device)
+    if model is None:
+        model = build_segmenter(plan.checkpoint, device)
+    npart = plan.checkpoint.npart
+    sup = prepare_support(plan.support_image, plan.support_label, req.label, card,
+                          preprocessed=req.preprocessed, name=query_stem(req.support_image))
+    stats = _norm_stats(plan, sup)
+    normalise_prepared(sup, card, stats)
+    support = build_support(model, [SupportScan(sup.name, sup.image, sup.label)], SUPPORT_ORGAN,
+                            npart, device=device)
+    support_z = [p.slices[0][1] for p in support.parts]
+    log.info("support %s: label %d on training slices %s (parts of %d)", sup.name, req.label,
+             support_z, npart)
+    out = Path(req.out)
+    results: list[QueryResult] = []
+    encoded = 0
+    with tqdm(total=0, unit="slice", desc="segment", disable=not progress) as bar:
+        for path in plan.queries:
+            scan = prepare_query(read_image(path), card, preprocessed=req.preprocessed,
+                                 name=query_stem(path))
+            normalise_prepared(scan, card, stats)
+            if req.z_range is not None:
+                rng = range_to_training(scan, req.z_range)
+                bar.total += rng[1] - rng[0] + 1
+                bar.refresh()
+                mask = _predict_range(model, support, scan, rng, plan, device, bar)
+                how, used, n_enc = "z-range", rng, rng[1] - rng[0] + 1
+            else:
+                bar.total += scan.n_slices
+                bar.refresh()
+                per_part = predict_every_part(model, support, scan.image, batch_size=req.batch_size,
+                                              device=device, val_wsize=plan.checkpoint.val_wsize,
+                                              on_batch=bar.update)
+                mask, used = label_free_mask(per_part, req.rule)
+                how, n_enc = f"label-free ({req.rule})", scan.n_slices
+            encoded += n_enc
+            target = out / mask_name(path, req.label)
+            written = write_mask(mask, scan, req.label, target)
+            voxels, ml = mask_volume_ml(written)
+            png = None
+            if req.overlay_slices > 0:
+                png = _overlay(support, scan, mask, req.label, req.overlay_slices,
+                               target.with_name(target.name[: -len(".nii.gz")] + ".png"))
+            results.append(QueryResult(path, target, png, int(req.label), voxels, ml,
+                                       scan.n_slices, used, how))
+            log.info("%s: %d voxels, %.1f mL (%s)", target, voxels, ml, how)
+    csv_path = write_csv(results, out / csv_name(req.label))
+    return SegmentReport(results, csv_path, support_z, npart, encoded, time.perf_counter() - start)
+
+
+def write_csv(results: list[QueryResult], target: Path) -> Path:
+    """One line per query (``CSV_FIELDS``), written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for r in results:
+        rng = "" if r.predicted_range is None else f"{r.predicted_range[0]}-{r.predicted_range[1]}"
+        writer.writerow([str(r.query), r.mask.name, r.label, r.voxels, f"{r.volume_ml:.3f}",
+                         r.training_slices, rng, r.how])
+    return atomic_write_text(buf.getvalue(), target)
+
+
+def segment(request: SegmentRequest, *, model: torch.nn.Module | None = None,
+            progress: bool = True) -> SegmentReport:
+    """Check ``request`` completely, then segment every query (module docstring).
+
+    Raises:
+        FileNotFoundError / ValueError: every problem of the request at once, before anything
+            is built or written (see ``preflight``).
+    """
+    return segment_planned(preflight(request), model, progress=progress)
