@@ -167,7 +167,7 @@ def test_interrupted_conversion_leaves_complete_cases_and_restarts(tmp_path, mon
 
     def dying_write(image, target, **kw):
         calls["n"] += 1
-        if calls["n"] == 5:                 # case 2's image (label, record, image per case)
+        if calls["n"] == 4:                 # case 2's image (label, then image, per case)
             raise KeyboardInterrupt
         return real(image, target, **kw)
 

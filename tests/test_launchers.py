@@ -193,3 +193,19 @@ def test_supervised_baseline_uses_the_plain_dataset(tmp_path):
 def test_unknown_label_group_is_named(tmp_path):
     res = launch("train_supervised_baseline.sh", DRY_RUN="1", LABEL_GROUPS="7", check=False)
     assert res.returncode == 2 and "label group 7 does not exist for CHAOST2" in res.stderr
+
+
+def test_parallel_runs_overlap_and_failures_are_reported(tmp_path):
+    log = tmp_path / "log"
+    rec = tmp_path / "rec.sh"      # a stand-in interpreter: logs start/end, fold 1 fails with 3
+    rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*) fold="${a#*=}";; esac; done\n'
+                   f'echo "start $fold $(date +%s%N)" >> {log}\nsleep 0.5\n'
+                   f'echo "end $fold $(date +%s%N)" >> {log}\n[ "$fold" != 1 ] || exit 3\n')
+    res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1 2", LABEL_GROUPS="0",
+                 PARALLEL="2", PYTHON=f"bash {rec}", check=False)
+    assert res.returncode == 1 and "failed (exit 3)" in res.stderr and "eval_fold=1" in res.stderr
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(e[1] for e in events if e[0] == "start") == ["0", "1", "2"]
+    times = {(e[0], e[1]): int(e[2]) for e in events}
+    assert times[("start", "1")] < times[("end", "0")], "folds 0 and 1 must run at the same time"
+    assert times[("start", "2")] >= min(times[("end", "0")], times[("end", "1")]), "at most 2 at a time"

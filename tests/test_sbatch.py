@@ -187,3 +187,15 @@ def test_install_env_dry_run():
             "https://download.pytorch.org/whl/rocm5.7"] in steps
     assert steps.index(["python3", "-m", "pip", "install", "-r", "requirements.txt"]) < \
         steps.index(["python3", "-m", "util.fetch_weights"])
+
+
+def test_farm_mode_runs_one_single_gpu_run_per_gpu(tmp_path):
+    env = job_env(tmp_path, nodes=2, GPUS_PER_NODE="2", MODE="farm", FOLDS="0 1 2", LABEL_GROUPS="0",
+                  STANDIN_RECORD="python3", STANDIN_TASK_WAIT="0")
+    res = run_sbatch("train.sbatch", env)
+    assert res.returncode == 0, res.stderr
+    steps = calls(tmp_path, "srun")[1:]                  # after the MIOpen step
+    single = ["-N", "1", "-n", "1", "--exact", "--gpus-per-task=1", "--gpu-bind=closest", "-c", "7", "python3", "-u"]
+    assert sorted(steps) == sorted(single + spec_train_argv(MR, f, 0, env["LOGDIR"])[1:] for f in range(3))
+    started, _ = task_records(tmp_path)
+    assert len(started) == 3 and all(r["env"]["SLURM_NTASKS"] == "1" for r in started)
