@@ -46,7 +46,7 @@ def cfg():
 
     # Training
     n_steps = 100100                   # optimizer steps (exactly; SPEC §8)
-    batch_size = 1                     # episodes per step and rank (reference: 1)
+    batch_size = 1                     # episodes per step and rank (reference: 1); effective batch = batch_size x ranks, lr not scaled
     lr_milestones = [(ii + 1) * 1000 for ii in range(n_steps // 1000 - 1)]
     lr_step_gamma = 0.95
     ignore_label = 255
@@ -55,7 +55,7 @@ def cfg():
     max_iters_per_load = 1000          # episodes per sub-epoch (dataset reload in between)
     scan_per_load = -1                 # -1: all training scans (reload is then a no-op)
     which_aug = "sabs_aug"             # 'sabs_aug' | 'aug_v3' | 'none'
-    input_size = (256, 256)
+    input_size = (256, 256)            # kept for compatibility; slices train at their stored size (cut to 256 x 256)
     min_fg_data = "100"                # which classmap_<N>.json the manual-label training uses
     label_sets = 0                     # label group: test labels = pa_all - groups[label_sets]
     exclude_cls_list = [2, 3]          # setting 2: training slices with these organs are skipped

@@ -7,7 +7,8 @@ cores (this machine's cores are shared, so expect less while others compute).
 Each measurement runs ``util.trainer.train_step`` (forward, weighted cross-entropy + alignment
 loss, backward with DDP's gradient all-reduce, SGD step) on synthetic episodes, in fresh
 spawned processes, after warm-up steps; the single process uses all cores (or one GPU), the
-ranks split them. ``python -m benchmarks.ddp_scaling [--quick]``
+ranks split them (the single process is also measured with one thread: the ratio uses the
+faster of the two). ``python -m benchmarks.ddp_scaling [--quick]``
 """
 from __future__ import annotations
 
@@ -98,15 +99,17 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
 
 
 def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, steps: int,
-            timeout: float = 900.0, start_method: str = "spawn") -> float:
-    """Steps per second of ``world`` processes (1: plain single process, no DDP).
+            timeout: float = 900.0, start_method: str = "spawn", threads: int | None = None) -> float:
+    """Steps per second of ``world`` processes (1: plain single process, no DDP), each with
+    ``threads`` intra-op threads (default: the cores shared out, at most 4 beside a GPU).
 
     ``start_method='fork'`` saves the imports (quick mode on the CPU); spawn is CUDA-safe.
     """
     ctx = mp.get_context(start_method)
     results = ctx.Queue()
     cores = os.cpu_count() or 1
-    threads = max(1, cores // world) if device_kind == "cpu" else max(1, min(4, cores // world))
+    if threads is None:
+        threads = max(1, cores // world) if device_kind == "cpu" else max(1, min(4, cores // world))
     port = _free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, device_kind, threads, modelname, hw,
                                                warmup, steps, results)) for r in range(world)]
@@ -128,10 +131,15 @@ def run(quick: bool = False) -> dict:
     hw, warmup, steps = (64, 1, 1) if quick else (128, 3, 10)
     start = "fork" if quick and "fork" in mp.get_all_start_methods() else "spawn"
     one = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start)
+    # a single process with one thread too: on a shared machine, threads of one process wait
+    # for each other while separate processes each get their share; take the better baseline
+    one_1t = one if quick else measure(1, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start, threads=1)
     two = measure(2, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start)
-    ratio = 2 * two / one
-    details = (f"CPU {os.cpu_count()} cores, {CPU_MODEL} {hw}x{hw}: 1 process {one:.2f} steps/s, "
-               f"2 gloo ranks {two:.2f} steps/s ({2 * two:.2f} episodes/s)")
+    ratio = 2 * two / max(one, one_1t)
+    cores = os.cpu_count() or 1
+    details = (f"CPU {cores} cores, {CPU_MODEL} {hw}x{hw}: 1 process {one:.2f} steps/s ({cores} threads)"
+               + ("" if quick else f", {one_1t:.2f} steps/s (1 thread)")
+               + f"; 2 gloo ranks {two:.2f} steps/s ({2 * two:.2f} episodes/s)")
     if torch.cuda.is_available() and not quick:
         n = torch.cuda.device_count()
         g1 = measure(1, "cuda", GPU_MODEL, 256, 5, 30)

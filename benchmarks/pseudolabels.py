@@ -11,6 +11,7 @@ says so. Quick mode: 2 scans, numbers not meaningful.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ def _agreement(work: Path, published: Path, ids: list[int]) -> tuple[float, int]
 
 def run(quick: bool = False, jobs: int = 2) -> dict:
     """Time ``make_pseudolabels`` with ``jobs`` processes against one; return the result row."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_pseudo_") as tmp:
         work = Path(tmp)
         published, source = _inputs(work, quick)
@@ -80,6 +82,8 @@ def run(quick: bool = False, jobs: int = 2) -> dict:
             worst, fg_diff = _agreement(work, published, ids)
             details += (f"; vs published: lowest superpixel agreement {100 * worst:.2f} %, "
                         f"fgmask differs in {fg_diff} scan(s)")
+    details += (f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after on "
+                f"{os.cpu_count()} cores (other work on the machine lowers the ratio)")
     return {"name": "pseudolabels", "what": f"superpixels, --jobs {jobs} vs --jobs 1",
             "ratio": t_serial / t_parallel, "target": f">= {TARGET}x", "details": details}
 

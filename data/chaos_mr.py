@@ -29,7 +29,7 @@ from data.cards import load_card
 from data.convert import Problems, RawCase, Summary, add_convert_args, convert_cases, read_sitk
 from util.log import setup_logging
 
-__all__ = ["convert", "find_cases", "grey_to_label", "main", "GREY_RANGES", "DATASET"]
+__all__ = ["convert", "find_cases", "grey_to_label", "read_series", "main", "GREY_RANGES", "DATASET"]
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,14 @@ def _check_case(case_dir: Path, problems: Problems) -> bool:
     return ok
 
 
-def _load_case(case_dir: Path) -> tuple[sitk.Image, sitk.Image]:
-    """The series as one volume and the label volume on its grid (card indices)."""
-    dicom_dir, ground = case_dir / SEQUENCE / "DICOM_anon", case_dir / SEQUENCE / "Ground"
+def read_series(dicom_dir: Path) -> tuple[sitk.Image, list[Path]]:
+    """The one DICOM series of ``dicom_dir`` as a volume, and its files in the reader's order
+    (ascending slice position).
+
+    Raises:
+        ValueError: not exactly one series, files left out of it, or an unreadable series.
+    """
+    dicom_dir = Path(dicom_dir)
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(dicom_dir))
     if len(series) != 1:
         raise ValueError(f"{dicom_dir}: expected one DICOM series, found {len(series)}")
@@ -147,6 +152,13 @@ def _load_case(case_dir: Path) -> tuple[sitk.Image, sitk.Image]:
         image = reader.Execute()
     except RuntimeError as err:
         raise ValueError(f"{dicom_dir}: the DICOM series cannot be read ({str(err).strip()[-200:]})") from err
+    return image, names
+
+
+def _load_case(case_dir: Path) -> tuple[sitk.Image, sitk.Image]:
+    """The series as one volume and the label volume on its grid (card indices)."""
+    dicom_dir, ground = case_dir / SEQUENCE / "DICOM_anon", case_dir / SEQUENCE / "Ground"
+    image, names = read_series(dicom_dir)
     slices = []
     for name in names:                 # the reader's order: ascending slice position
         png_path = ground / (name.name[:-4] + ".png")

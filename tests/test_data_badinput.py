@@ -181,3 +181,21 @@ def test_interrupted_conversion_leaves_complete_cases_and_restarts(tmp_path, mon
     monkeypatch.setattr(convert_mod, "atomic_write_sitk", real)
     summary = cmr_c0.convert(tmp_path / "raw", out, progress=False)
     assert (summary.written, summary.skipped) == (2, 1)
+
+
+def test_second_series_in_folder(chaos_raw, tmp_path):
+    case = _case(chaos_raw)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(case / "DICOM_anon" / "IMG-0001-00001.dcm"))
+    reader.LoadPrivateTagsOn()
+    sl = reader.Execute()
+    for key in reader.GetMetaDataKeys():
+        sl.SetMetaData(key, reader.GetMetaData(key))
+    sl.SetMetaData("0020|000e", "1.2.3.999")
+    sl.SetMetaData("0008|0018", "1.2.3.999.1")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(case / "DICOM_anon" / "IMG-0002-00001.dcm"))
+    writer.Execute(sl)
+    shutil.copy(case / "Ground" / "IMG-0001-00001.png", case / "Ground" / "IMG-0002-00001.png")
+    _convert_fails(chaos_raw, tmp_path / "out", ValueError, r"DICOM_anon: expected one DICOM series, found 2")

@@ -111,18 +111,19 @@ def test_weighted_cross_entropy_by_hand():
 
 
 def test_optimizer_and_schedule(tiny):
-    cfg = config(tiny, n_steps=3500, lr_step_gamma=0.5)
-    assert cfg["lr_milestones"] == [1000, 2000]                  # every 1000 (SPEC §8)
+    assert config(tiny, n_steps=3500)["lr_milestones"] == [1000, 2000]   # every 1000 (SPEC §8)
+    assert config(tiny, n_steps=100100)["lr_milestones"][-1] == 99000     # range(n // 1000 - 1)
+    cfg = config(tiny, lr_milestones=[3, 5], lr_step_gamma=0.5)
     p = nn.Parameter(torch.zeros(1))
     opt = trainer.build_optimizer(nn.ParameterList([p]), cfg)
     assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 0.0005
     sch = trainer.build_scheduler(opt, cfg)
     lrs = []
-    for _ in range(2001):
+    for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sch.step()
-    assert lrs[999] == 0.05 and lrs[1000] == 0.025 and lrs[2000] == 0.0125
+    assert lrs == [0.05, 0.05, 0.05, 0.025, 0.025, 0.0125]
 
 
 def test_steps_snapshots_interval_means_and_curves(tiny, tmp_path, caplog):

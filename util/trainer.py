@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dataloaders.episodes import build_training_dataset, episode_loader
 from util.checkpoint import load_alpnet_weights, save_snapshot, to_plain
-from util.curves import plot_loss_curves
+from util.figures import plot_loss_curves
 from util.distributed import DistInfo, broadcast_object, is_dist, wrap_ddp
 from util.resume import SNAPSHOT_DIR, TrainState, find_resume_snapshot, restore_snapshot, resume_path
 from util.rng import rng_states, seed_everything
@@ -53,10 +54,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def episode_errors() -> tuple[type[BaseException], ...]:
     """The model's explicit "this episode cannot be computed" errors (skipped, counted)."""
-    from models import grid_proto_fewshot
-    err = getattr(grid_proto_fewshot, "EpisodeError", None) or getattr(
-        grid_proto_fewshot, "EmptyPrototypeError", None)
-    return (err,) if isinstance(err, type) else ()
+    from models.grid_proto_fewshot import EmptyPrototypeError
+    return (EmptyPrototypeError,)
 
 
 def build_criterion(*, use_wce: bool, ignore_label: int, device: torch.device) -> nn.CrossEntropyLoss:
@@ -170,23 +169,30 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
 
 
 class _Interval:
-    """True means of ``loss``/``align_loss`` over the steps since the last print (SPEC §8 fix)."""
+    """True means of ``loss``/``align_loss`` over the steps since the last print (SPEC §8 fix),
+    and every step's values of this process for the loss curves."""
 
     def __init__(self) -> None:
         self.sums, self.n = [0.0, 0.0], 0
-        self.history: tuple[list[int], list[float], list[float]] = ([], [], [])
+        self.steps: list[int] = []
+        self.values: dict[str, list[float]] = {"loss": [], "align_loss": []}
 
-    def add(self, loss_v: float, align_v: float) -> None:
+    def add(self, step: int, loss_v: float, align_v: float) -> None:
         self.sums[0] += loss_v
         self.sums[1] += align_v
         self.n += 1
+        self.steps.append(step)
+        self.values["loss"].append(loss_v)
+        self.values["align_loss"].append(align_v)
 
-    def flush(self, step: int) -> tuple[float, float]:
+    def flush(self) -> tuple[float, float]:
         means = (self.sums[0] / max(self.n, 1), self.sums[1] / max(self.n, 1))
-        for lst, v in zip(self.history, (step, *means)):
-            lst.append(v)
         self.sums, self.n = [0.0, 0.0], 0
         return means
+
+    def plot(self, target: Path) -> None:
+        if self.steps:
+            plot_loss_curves(self.values, target, steps={k: self.steps for k in self.values})
 
 
 def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids: Sequence[int],
@@ -209,8 +215,6 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
     Raises:
         NonFiniteLossError: a NaN/inf loss (names the step and the last good snapshot).
     """
-    from dataloaders.episodes import build_training_dataset, episode_loader
-
     device, is_main = info.device, info.rank == 0
     if device.type == "cpu":
         log.info("no GPU in use: training on the CPU")
@@ -241,15 +245,14 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
                                          rank=info.rank)
         net = wrap_ddp(model, info)
         return _loop(cfg, net, optimizer, scheduler, dataset, state, info=info, run=run,
-                     run_dir=Path(run_dir) if (run_dir and is_main) else None,
-                     episode_loader=episode_loader)
+                     run_dir=Path(run_dir) if (run_dir and is_main) else None)
     finally:
         torch.use_deterministic_algorithms(previous_det)
 
 
 def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-          dataset: Any, state: TrainState, *, info: DistInfo, run: Any, run_dir: Path | None,
-          episode_loader: Callable[..., Any]) -> dict[str, Any]:
+          dataset: Any, state: TrainState, *, info: DistInfo, run: Any,
+          run_dir: Path | None) -> dict[str, Any]:
     device, is_main = info.device, info.rank == 0
     n_steps, batch = int(cfg["n_steps"]), int(cfg["batch_size"])
     every, print_every = int(cfg["save_snapshot_every"]), int(cfg["print_interval"])
@@ -270,7 +273,7 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
         path = save_snapshot(run_dir / SNAPSHOT_DIR / f"{state.step}.pth", model=net,
                              optimizer=optimizer, scheduler=scheduler, step=state.step,
                              rng={**rng_states(), "stream": state.stream()}, config=cfg)
-        plot_loss_curves(*interval.history, run_dir / CURVES_PNG, title=str(cfg.get("exp_str", "")))
+        interval.plot(run_dir / CURVES_PNG)
         state.last_snapshot = path
         return path
 
@@ -314,13 +317,13 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
                     consecutive = 0
                     state.step += 1
                     state.empty += int(torch.as_tensor(episode.get("empty_mask", 0)).sum())
-                    interval.add(res["loss"], res["align_loss"])
+                    interval.add(state.step, res["loss"], res["align_loss"])
                     if run is not None:
                         run.log_scalar("loss", res["loss"], state.step)
                         run.log_scalar("align_loss", res["align_loss"], state.step)
                     bar.update(1)
                     if state.step % print_every == 0:
-                        mean_l, mean_a = interval.flush(state.step)
+                        mean_l, mean_a = interval.flush()
                         log.info("step %d: loss: %s, align_loss: %s,", state.step, mean_l, mean_a)
                     if state.step % every == 0 or state.step == n_steps:
                         save()
@@ -331,13 +334,11 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
     finally:
         bar.close()
         del it
-    if interval.n:
-        interval.flush(state.step)
     if stopped is not None and saved_at != state.step:
         save()
     state.last_snapshot = broadcast_object(state.last_snapshot)   # every rank names rank 0's file
     if run_dir is not None:
-        plot_loss_curves(*interval.history, run_dir / CURVES_PNG, title=str(cfg.get("exp_str", "")))
+        interval.plot(run_dir / CURVES_PNG)
     result = {"status": "stopped" if stopped else "completed", "step": state.step,
               "snapshot": str(state.last_snapshot) if state.last_snapshot else None,
               "skipped_episodes": state.skipped, "empty_mask_episodes": state.empty,
