@@ -7,7 +7,7 @@
 #   LABEL_GROUPS="0 1"   label groups (label_sets); SETTING=2 excludes each group's test organs
 #                        from training, SETTING=1 excludes nothing; EXCLU='[...]' forces one list
 #   SCALES="MIDDLE"      superpixel scales (superpix_scale)
-#   SUPP_ID='[4]'        support_idx        LOGDIR=./runs        path.log_dir
+#   SUPP_ID              support_idx (the launcher's: [4] MRI, [6] CT)   LOGDIR=./runs  path.log_dir
 #   NSTEP=100100  SNAPSHOT_INTERVAL=25000  MAX_ITER=1000  DECAY=0.95  SEED=1234  NWORKER=4
 #   MODEL=dlfcn_res101  PROTO_GRID=8  MIN_FG=1
 #   DATA_DIR=...         the dataset folder (path.<DATASET>.data_dir and path.<base>.data_dir)

@@ -128,6 +128,11 @@ def test_validation_run_outputs(tiny, single_run):
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == ["label_2_RK.png", "label_3_LK.png"]
     assert not list(run_dir.rglob(".*tmp*"))               # no temporary left behind
     assert "| **Dice** |" in (run_dir / "cout.txt").read_text()
+    # the summary table finds this run: one fold of setting 2 (exclude [2, 3]), kidneys
+    from util.summarize import summarize
+    (row,) = summarize([run_dir.parent])
+    assert (row.setting, row.cells[1].n, row.cells[0].n) == (2, 1, 0)
+    assert row.cells[1].mean == pytest.approx(100 * metrics["mar_val_batches_classDice"]["values"][0][0])
 
 
 def test_several_snapshots_logged_with_their_step(tiny, snapshots, single_run, tmp_path):

@@ -1,0 +1,211 @@
+"""segment.py end to end: equality with validation on a real CHAOS scan, the round trip through
+the training geometry for a scan stored in another orientation and spacing, and bad input.
+
+Network: the conformance fixture network (``tests/refnet.py``, tuned localconv), saved as a bare
+state_dict as the original code saved checkpoints. The synthetic tests use a card whose training
+geometry is 64 x 64 at 3 mm (so ResNet-101 runs on small slices).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from data.phantom import Blob, Grid, Tissue, grid_image, render, rotation
+from tests.conftest import requires_real_data
+from tests.refnet import REFERENCE, fixture_state_dict
+from util.io import atomic_save_torch
+from util.segment import SegmentRequest, build_segmenter, inspect_checkpoint, segment
+
+REF_JSON = REFERENCE / "validation" / "chaos_fold0_kidneys.json"
+FOLD0_QUERIES = (1, 2, 3, 5)          # rows of rawDice; columns [RK, LK] (labels 2, 3)
+REAL_QUERY, REAL_ORGAN, REAL_SUPPORT = 3, 2, 8
+
+# a card like C0's, but reoriented to LAS and resampled to 3 x 3 x 6 mm, 64 x 64 in-plane
+TEST_CARD = """{
+  name: "SEGTEST", modality: "MR", labels: ["BG", "ORGAN", "OTHER"], fold_separators: null,
+  label_groups: { pa_all: [1], groups: [[]] }, normalisation: "per_volume_zscore",
+  body_mask_threshold: 10.0001, superpixel: { MIDDLE: { scale: 1.0, sigma: 1.0, min_size: 400 } },
+  files: { image: "image_{id}.nii.gz", label: "label_{id}.nii.gz",
+           superpix: "superpix-{scale}_{id}.nii.gz", fgmask: "fgmask_{id}.nii.gz",
+           classmap: "classmap_{min_tp}.json" },
+  data_dir: "./unused/",
+  preprocessing: { recipe: "mr", orientation: "LAS", clip_percentile: 99.5,
+                   spacing: [3.0, 3.0, 6.0], size_xy: [64, 64] },
+}"""
+
+
+@pytest.fixture(scope="module")
+def fixture_ckpt(tmp_path_factory) -> Path:
+    return atomic_save_torch(fixture_state_dict(tuned_localconv=True),
+                             tmp_path_factory.mktemp("ckpt") / "fixture_tuned.pth")
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cards")
+    (folder / "SEGTEST.json5").write_text(TEST_CARD)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _test_card(cards, monkeypatch):
+    monkeypatch.setenv("SSL_ALPNET_CARDS", str(cards))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> dict[str, Path]:
+    """A body with one bright organ (label 1) on a tilted grid of anisotropic spacing, and the
+    same scan stored with permuted and flipped axes (the query)."""
+    folder = tmp_path_factory.mktemp("phantom")
+    direction = rotation(0.3, -0.2, 0.4)
+    size, spacing = (70, 60, 24), (2.2, 2.6, 4.5)
+    origin = -direction @ (np.array(size) * np.array(spacing) / 2)
+    grid = Grid(size, spacing, tuple(origin), direction)
+    blobs = [Blob((0, 0, 0), (70, 60, 50), 1), Blob((25, -15, 5), (22, 18, 26), 2, 1)]
+    image, label = render(grid, blobs, [Tissue(0, 0), Tissue(100, 5), Tissue(400, 5)],
+                          np.random.default_rng(0), noise_sd=5, rician=True)
+    img, lab = grid_image(grid, image.astype(np.float32)), grid_image(grid, label)
+    turn = lambda x: sitk.Flip(sitk.PermuteAxes(x, [1, 2, 0]), [True, False, False])  # noqa: E731
+    paths = {k: folder / f"{k}.nii.gz" for k in ("image", "label", "query", "query_truth")}
+    for key, value in (("image", img), ("label", lab), ("query", turn(img)), ("query_truth", turn(lab))):
+        sitk.WriteImage(value, str(paths[key]))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fixture_model(fixture_ckpt):
+    return build_segmenter(inspect_checkpoint(fixture_ckpt), "cpu")
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred > 0, truth > 0
+    return 2.0 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t))
+
+
+@requires_real_data
+@pytest.mark.realdata
+def test_real_chaos_equals_validation(real_data_dir, fixture_ckpt, tmp_path):
+    """--preprocessed with the ground-truth --z-range: the written mask's Dice on the counted
+    slices is the per-scan Dice of the original code's validation (one scan, one organ)."""
+    import segment as cli
+
+    query = real_data_dir / f"image_{REAL_QUERY}.nii.gz"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(real_data_dir / f"label_{REAL_QUERY}.nii.gz")))
+    zs = np.flatnonzero((truth == REAL_ORGAN).any(axis=(1, 2)))          # Z x H x W
+    out = tmp_path / "out"
+    rc = cli.main(["--checkpoint", str(fixture_ckpt), "--dataset", "CHAOST2", "--preprocessed",
+                   "--support-image", str(real_data_dir / f"image_{REAL_SUPPORT}.nii.gz"),
+                   "--support-label", str(real_data_dir / f"label_{REAL_SUPPORT}.nii.gz"),
+                   "--label", str(REAL_ORGAN), "--query", str(query), "--out", str(out),
+                   "--z-range", str(zs[0]), str(zs[-1]), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    written = sitk.ReadImage(str(out / f"image_{REAL_QUERY}_label{REAL_ORGAN}.nii.gz"))
+    _same_grid(written, sitk.ReadImage(str(query)))
+    mask = sitk.GetArrayFromImage(written)
+    assert set(np.unique(mask).tolist()) <= {0, REAL_ORGAN}
+    counted = slice(zs[0], zs[-1] + 1)
+    raw_dice = json.loads(REF_JSON.read_text())["metrics"]["mar_val_batches_rawDice"]
+    expected = raw_dice[FOLD0_QUERIES.index(REAL_QUERY)][REAL_ORGAN - 2]
+    assert _dice(mask[counted], truth[counted] == REAL_ORGAN) == pytest.approx(expected, abs=1e-3)
+    rows = list(csv.DictReader((out / f"volumes_label{REAL_ORGAN}.csv").open()))
+    voxels = int(np.count_nonzero(mask))
+    assert len(rows) == 1 and int(rows[0]["voxels"]) == voxels
+    # 1.25 x 1.25 x 7.7 mm voxels, in mL
+    assert float(rows[0]["volume_ml"]) == pytest.approx(voxels * 1.25 * 1.25 * 7.7 / 1000, rel=1e-5)
+    assert (out / f"image_{REAL_QUERY}_label{REAL_ORGAN}.png").is_file()
+
+
+def test_round_trip_other_orientation(phantom, fixture_ckpt, fixture_model, tmp_path):
+    """Support and query are the same scan: the mask lies on the organ, in the query's own grid;
+    the same scan stored with permuted, flipped axes gives the same mask, permuted and flipped."""
+    truth = sitk.ReadImage(str(phantom["label"]))
+    zs = np.flatnonzero(sitk.GetArrayFromImage(truth).any(axis=(1, 2)))
+    base = dict(checkpoint=fixture_ckpt, support_image=phantom["image"],
+                support_label=phantom["label"], label=1, dataset="SEGTEST")
+    same = segment(SegmentRequest(**base, queries=(phantom["image"],), out=tmp_path / "a",
+                                  z_range=(int(zs[0]), int(zs[-1]))), model=fixture_model, progress=False)
+    written = sitk.ReadImage(str(same.results[0].mask))
+    _same_grid(written, truth)
+    mask, gt = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(truth)
+    dice = _dice(mask, gt)
+    assert dice > 0.5
+    for axis in range(3):   # a mirrored mask (wrong orientation) would not overlap the organ
+        assert _dice(np.flip(mask, axis), gt) < dice / 2, axis
+
+    free = segment(SegmentRequest(**base, queries=(phantom["image"],), out=tmp_path / "b"),
+                   model=fixture_model, progress=False)
+    turned = segment(SegmentRequest(**base, queries=(phantom["query"],), out=tmp_path / "c"),
+                     model=fixture_model, progress=False)
+    q_written = sitk.ReadImage(str(turned.results[0].mask))
+    _same_grid(q_written, sitk.ReadImage(str(phantom["query"])))
+    expect = sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(free.results[0].mask)), [1, 2, 0]),
+                       [True, False, False])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(q_written), sitk.GetArrayFromImage(expect))
+    assert turned.results[0].volume_ml == pytest.approx(free.results[0].volume_ml)
+    assert turned.results[0].how == "label-free (extent)"
+    assert (turned.support_encoded, turned.query_encoded) == (3, turned.results[0].training_slices)
+
+
+def _bad(tmp_path: Path, phantom: dict[str, Path], ckpt: Path) -> dict:
+    return dict(checkpoint=ckpt, support_image=phantom["image"], support_label=phantom["label"],
+                label=1, queries=(phantom["query"],), out=tmp_path / "out", dataset="SEGTEST")
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, phantom) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("broken")
+    text = folder / "notes.nii.gz"
+    text.write_text("not an image\n")
+    shifted = sitk.ReadImage(str(phantom["label"]))
+    shifted.SetSpacing((2.2, 2.6, 5.0))
+    sitk.WriteImage(shifted, str(folder / "label_other_spacing.nii.gz"))
+    other = folder / "classifier.pth"
+    torch.save({"fc.weight": torch.zeros(2, 4), "fc.bias": torch.zeros(2)}, other)
+    return {"text": text, "shifted": folder / "label_other_spacing.nii.gz", "other": other}
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"label": 3}, ValueError, r"label value 3 does not occur in the support label \(values present: 0, 1\)"),
+    ({"support_label": "shifted"}, ValueError, r"support image and label differ in geometry.*spacing"),
+    ({"queries": ("text",)}, ValueError, r"query .*notes.nii.gz: not a readable image"),
+    ({"checkpoint": "other"}, ValueError, r"classifier.pth: not an ALPNet checkpoint"),
+    ({"queries": ("missing",)}, FileNotFoundError, r"missing.nii.gz: no such file"),
+], ids=["label-absent", "support-geometry", "unreadable-query", "not-alpnet", "missing-query"])
+def test_bad_input_nothing_written(tmp_path, phantom, fixture_ckpt, broken, change, error, match):
+    args = _bad(tmp_path, phantom, fixture_ckpt)
+    for key, value in change.items():
+        if key == "queries":
+            args[key] = tuple(broken.get(v, tmp_path / f"{v}.nii.gz") for v in value)
+        elif isinstance(value, str):
+            args[key] = broken[value]
+        else:
+            args[key] = value
+    with pytest.raises(error, match=match):
+        segment(SegmentRequest(**args), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_problem_reported_at_once(tmp_path, phantom, fixture_ckpt, broken):
+    args = _bad(tmp_path, phantom, broken["other"])
+    args.update(label=3, queries=(broken["text"], phantom["query"]), z_range=(2, 1))
+    with pytest.raises(ValueError) as info:
+        segment(SegmentRequest(**args), progress=False)
+    text = str(info.value)
+    for part in ("not an ALPNet checkpoint", "label value 3", "not a readable image",
+                 "run one query at a time", "need 0 <= ZMIN <= ZMAX"):
+        assert part in text
+    assert "5 problem(s)" in text
+    assert not (tmp_path / "out").exists()
