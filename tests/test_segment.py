@@ -25,6 +25,7 @@ from util.segment import SegmentRequest, build_segmenter, inspect_checkpoint, se
 REF_JSON = REFERENCE / "validation" / "chaos_fold0_kidneys.json"
 FOLD0_QUERIES = (1, 2, 3, 5)          # rows of rawDice; columns [RK, LK] (labels 2, 3)
 REAL_QUERY, REAL_ORGAN, REAL_SUPPORT = 3, 2, 8
+ORGAN_SEMI_MM = (22.0, 18.0, 22.0)    # the phantom organ's semi-axes
 
 # a card like C0's, but reoriented to LAS and resampled to 3 x 3 x 6 mm, 64 x 64 in-plane
 TEST_CARD = """{
@@ -67,7 +68,7 @@ def phantom(tmp_path_factory) -> dict[str, Path]:
     size, spacing = (70, 60, 24), (2.2, 2.6, 4.5)
     origin = -direction @ (np.array(size) * np.array(spacing) / 2)
     grid = Grid(size, spacing, tuple(origin), direction)
-    blobs = [Blob((0, 0, 0), (70, 60, 50), 1), Blob((25, -15, 5), (22, 18, 26), 2, 1)]
+    blobs = [Blob((0, 0, 0), (70, 60, 50), 1), Blob((25, -15, -20), ORGAN_SEMI_MM, 2, 1)]
     image, label = render(grid, blobs, [Tissue(0, 0), Tissue(100, 5), Tissue(400, 5)],
                           np.random.default_rng(0), noise_sd=5, rician=True)
     img, lab = grid_image(grid, image.astype(np.float32)), grid_image(grid, label)
@@ -88,6 +89,12 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> None:
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def _centre_mm(img: sitk.Image, mask_zyx: np.ndarray) -> np.ndarray:
+    """Physical centre of mass of a mask (mm)."""
+    idx = np.argwhere(mask_zyx)[:, ::-1].mean(axis=0)            # (x, y, z) index
+    return np.array(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]))
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -139,10 +146,14 @@ def test_round_trip_other_orientation(phantom, fixture_ckpt, fixture_model, tmp_
                                   z_range=(int(zs[0]), int(zs[-1]))), model=fixture_model, progress=False)
     written = sitk.ReadImage(str(same.results[0].mask))
     _same_grid(written, truth)
-    mask, gt = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(truth)
+    mask, gt = sitk.GetArrayFromImage(written) > 0, sitk.GetArrayFromImage(truth) > 0
+    # the fixture network over-segments (about 2.5 x the organ here), so what is checked is
+    # where the mask lies: it covers most of the organ, its centre lies inside the organ
+    # (closer than the smallest semi-axis, 18 mm), and mirrored masks overlap far less
+    assert np.count_nonzero(mask & gt) / np.count_nonzero(gt) >= 0.7
+    assert np.linalg.norm(_centre_mm(written, mask) - _centre_mm(truth, gt)) < ORGAN_SEMI_MM[1]
     dice = _dice(mask, gt)
-    assert dice > 0.5
-    for axis in range(3):   # a mirrored mask (wrong orientation) would not overlap the organ
+    for axis in range(3):   # a wrong orientation would put the mask beside the organ
         assert _dice(np.flip(mask, axis), gt) < dice / 2, axis
 
     free = segment(SegmentRequest(**base, queries=(phantom["image"],), out=tmp_path / "b"),

@@ -29,6 +29,7 @@ from dataloaders.niftiio import spacing_zyx, write_like
 from dataloaders.validation_set import ValidationSet, load_validation_set, read_record
 from util.checkpoint import list_snapshots, load_alpnet_weights
 from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from util.io import atomic_write_sitk
 from util.metric import Metric, assd, hd95, reduce_raw
 from util.protocol import (Support, SupportScan, assign_parts, build_support, counted_slices,
                            encode_slices, organ_z_range, predict_from_support)
@@ -264,7 +265,7 @@ def write_predictions(res: SnapshotResult, vset: ValidationSet, out_dir: Path, *
     elif raw_geometry:
         log.warning("data.geometry is not available: predictions are not written in the raw geometry")
     for scan in vset.queries:
-        full_zyx = sitk_shape_zyx(scan.geometry)
+        full_zyx = _shape_zyx(scan.geometry)
         record = read_record(vset.card, vset.data_dir, scan.scan_id) if restore else None
         for c in res.labels:
             mask = res.preds.get((scan.scan_id, c))
@@ -275,12 +276,11 @@ def write_predictions(res: SnapshotResult, vset: ValidationSet, out_dir: Path, *
             name = PRED_NAME.format(sid=scan.scan_id, c=c)
             written.append(write_like(arr, scan.geometry, out_dir / PRED_DIR / name))
             if record is not None:
-                from util.io import atomic_write_sitk
                 written.append(atomic_write_sitk(restore(arr, record), out_dir / RAW_PRED_DIR / name))
     return written
 
 
-def sitk_shape_zyx(img: Any) -> tuple[int, int, int]:
+def _shape_zyx(img: Any) -> tuple[int, int, int]:
     """Array shape (Z, H, W) of a 3-D SimpleITK image."""
     x, y, z = img.GetSize()[:3]
     return (z, y, x)

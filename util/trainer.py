@@ -80,10 +80,20 @@ def loss(logits: torch.Tensor, labels: torch.Tensor, align_loss: torch.Tensor | 
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD with the config's ``optim`` (lr, momentum, weight_decay) (SPEC §5)."""
+    """SGD with the config's ``optim`` (lr, momentum, weight_decay) (SPEC §5).
+
+    The fused implementation is used where this torch has it (same update rule; on the CPU the
+    per-parameter loop took several times longer than the fused kernel for ResNet-101's 43 M
+    parameters); older versions fall back to the default one.
+    """
     o = cfg["optim"]
-    return torch.optim.SGD(model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
-                           weight_decay=float(o["weight_decay"]))
+    kwargs = dict(lr=float(o["lr"]), momentum=float(o["momentum"]), weight_decay=float(o["weight_decay"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.SGD(params, fused=True, **kwargs)
+    except (TypeError, RuntimeError) as err:     # torch without fused SGD for this device
+        log.info("fused SGD unavailable (%s): using the default implementation", err)
+        return torch.optim.SGD(params, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]) -> torch.optim.lr_scheduler.MultiStepLR:
