@@ -211,12 +211,12 @@ def test_bad_input_nothing_written(tmp_path, phantom, fixture_ckpt, broken, chan
 
 def test_every_problem_reported_at_once(tmp_path, phantom, fixture_ckpt, broken):
     args = _bad(tmp_path, phantom, broken["other"])
-    args.update(label=3, queries=(broken["text"], phantom["query"]), z_range=(2, 1))
+    args.update(label=3, queries=(broken["text"], phantom["query"]), z_range=(2, 1), device="bogus")
     with pytest.raises(ValueError) as info:
         segment(SegmentRequest(**args), progress=False)
     text = str(info.value)
     for part in ("not an ALPNet checkpoint", "label value 3", "not a readable image",
-                 "run one query at a time", "need 0 <= ZMIN <= ZMAX"):
+                 "run one query at a time", "need 0 <= ZMIN <= ZMAX", "--device bogus: not a device"):
         assert part in text
-    assert "5 problem(s)" in text
+    assert "6 problem(s)" in text
     assert not (tmp_path / "out").exists()

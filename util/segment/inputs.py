@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from data.cards import Card, base_name, load_card
 from data.geometry import check_same_grid
@@ -140,6 +141,12 @@ def _check_options(req: SegmentRequest, problems: _Problems) -> None:
         problems.add(ValueError(f"--label {req.label}: the organ's label value must be at least 1"))
     if int(req.batch_size) < 1:
         problems.add(ValueError(f"--batch-size {req.batch_size}: must be at least 1"))
+    try:
+        device = torch.device(req.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            problems.add(ValueError(f"--device {req.device}: no CUDA/ROCm GPU is visible (use --device cpu)"))
+    except RuntimeError as err:
+        problems.add(ValueError(f"--device {req.device}: not a device ({err})"))
     if req.rule not in RULES:
         problems.add(ValueError(f"rule={req.rule!r}: choose one of {', '.join(RULES)}"))
     if not req.queries:

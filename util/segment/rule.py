@@ -21,8 +21,6 @@ The README reports the Dice of both against the protocol's on the real CHAOS sca
 from __future__ import annotations
 
 import logging
-from typing import Sequence
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -120,7 +118,3 @@ def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE) -> tuple[np.
         return np.zeros(per_part.shape[1:], dtype=np.uint8), None
     return masks_by_part(per_part, *extent), extent
 
-
-def parts_for_range(n_slices: int, z_range: Sequence[int], npart: int) -> np.ndarray:
-    """Part of every slice for a known range (``assign_parts`` over all slices)."""
-    return assign_parts(np.arange(n_slices), int(z_range[0]), int(z_range[1]), npart)
