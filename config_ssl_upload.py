@@ -226,16 +226,16 @@ def sabs_supervised():
 
 @ex.named_config
 def quickstart():
-    """The CPU demo of examples/quickstart.sh: self-supervised training on synthetic CHAOS scans
-    and 1-shot validation, in minutes on 2 CPU cores. Only the values below differ from the
-    paper's configuration (SPEC.md section 7); each says why."""
+    # The CPU demo of examples/quickstart.sh: self-supervised training on synthetic CHAOS scans
+    # and 1-shot validation, in minutes on 2 CPU cores. Only the values below differ from the
+    # paper's configuration (SPEC.md section 7); each says why. (Comments, not a docstring:
+    # Sacred would add a docstring as a config entry.)
     # Data: CHAOS MR prepared at 2.5 mm / 128 x 128 instead of 1.25 mm / 256 x 256 (card
     # data/datasets/CHAOST2_128.json5): a quarter of the pixels, a quarter of the compute.
     dataset = "CHAOST2_128_Superpix"
     # Setting 1: nothing excluded. Superpixel training then reads no label and no class index
     # (setting 2 would read classmap_1.json, i.e. the training scans' labels, to skip slices).
     exclude_cls_list = []
-    min_fg_data = 1                    # classmap_1.json (written by data.prepare), as the launchers pass
     # Encoder: ResNet-18 (dilated, output stride 8, localconv 512 -> 256) from random weights
     # instead of COCO-pretrained ResNet-101: the machine is offline (no pretrained weights) and
     # a ResNet-101 step costs ~10x more on a CPU.

@@ -21,6 +21,7 @@
 #                                      scan 5 the support); at least 5
 #   QUICKSTART_STEPS=                  training steps (default: n_steps of the named config)
 #   QUICKSTART_SEED=0                  seed of the synthetic scans
+#   QUICKSTART_GROUPS="0 1"            label groups validated (0: kidneys, 1: liver and spleen)
 #   PYTHON=python3                     the interpreter
 #   QUICKSTART_NO_INSTALL=1            never run pip (fail on a missing package instead)
 set -euo pipefail
@@ -34,6 +35,7 @@ OUT="$(abspath "${QUICKSTART_OUT:-./runs/quickstart}")"
 SCANS="${QUICKSTART_SCANS:-20}"
 STEPS="${QUICKSTART_STEPS:-}"
 SEED="${QUICKSTART_SEED:-0}"
+GROUPS_="${QUICKSTART_GROUPS:-0 1}"
 DATASET=CHAOST2_128
 cd "$ROOT"
 
@@ -48,25 +50,33 @@ t0=$SECONDS
 stage() { printf '\n=== [%4ds] %s\n' "$((SECONDS - t0))" "$*"; }
 
 stage "1/5 packages"
-IMPORTS="import torch, torchvision, sacred, numpy, scipy, nibabel, SimpleITK, skimage, cv2, json5, tqdm, matplotlib, PIL"
-if ! "$PY" -c "$IMPORTS" 2>/dev/null; then
+# the import names of requirements.txt; find_spec locates a package without importing it (fast)
+MODULES="torch torchvision sacred pkg_resources numpy scipy nibabel SimpleITK skimage cv2 json5 tqdm matplotlib PIL"
+MISSING="$("$PY" -c 'import importlib.util, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' $MODULES)"
+if [[ -n "$MISSING" ]]; then
     if [[ -n "${QUICKSTART_NO_INSTALL:-}" ]]; then
-        echo "a required package is missing ($IMPORTS failed) and QUICKSTART_NO_INSTALL is set" >&2; exit 1
+        echo "missing package(s): $MISSING (QUICKSTART_NO_INSTALL is set: not installing)" >&2; exit 1
     fi
-    echo "installing requirements.txt into $("$PY" -c 'import sys; print(sys.prefix)')"
+    echo "missing: $MISSING; installing requirements.txt into $("$PY" -c 'import sys; print(sys.prefix)')"
     "$PY" -m pip install -r requirements.txt
 else
     echo "all required packages are installed"
 fi
 
 stage "2/5 data: $SCANS synthetic CHAOS scans -> $OUT/raw, prepared -> $OUT/data"
-if [[ -d "$OUT/raw/MR/$SCANS" && -f "$OUT/raw/.complete_${SCANS}_${SEED}" ]]; then
+if [[ -f "$OUT/raw/.complete_${SCANS}_${SEED}" ]]; then
     echo "synthetic scans already in $OUT/raw"
 else
     "$PY" -m data.synthetic chaos --out "$OUT/raw" --n "$SCANS" --seed "$SEED"
     touch "$OUT/raw/.complete_${SCANS}_${SEED}"
 fi
 "$PY" -m data.prepare --dataset "$DATASET" --raw "$OUT/raw" --out "$OUT/data"
+N_PREPARED="$(find "$OUT/data" -maxdepth 1 -name 'image_*.nii.gz' | wc -l | tr -d ' ')"
+if [[ "$N_PREPARED" != "$SCANS" ]]; then   # the folds depend on the number of scans
+    echo "$OUT/data holds $N_PREPARED scans, not QUICKSTART_SCANS=$SCANS: use a fresh QUICKSTART_OUT" >&2
+    exit 1
+fi
 # training sees images and superpixels only (setting 1 needs no label): a folder of links
 "$PY" -m examples.quickstart_tools training-view "$OUT/data" "$OUT/train_view" --dataset "$DATASET"
 
@@ -83,7 +93,7 @@ TRAIN_RUN="$("$PY" -m examples.quickstart_tools newest-run "$OUT/runs/mySSL_quic
 
 stage "4/5 1-shot validation of snapshot 0 (untrained) and of the trained snapshot, fold 0"
 VAL_RUNS=()
-for GROUP in 0 1; do   # label group 0 tests the kidneys, 1 the liver and the spleen
+for GROUP in $GROUPS_; do   # label group 0 tests the kidneys, 1 the liver and the spleen
     "$PY" validation.py with "${COMMON[@]}" label_sets=$GROUP exp_prefix=quickstart_test \
         "reload_model_path=$TRAIN_RUN/snapshots"
     VAL_RUNS+=("$("$PY" -m examples.quickstart_tools newest-run "$OUT/runs/mySSL_quickstart_test_${DATASET}_Superpix_sets_${GROUP}_1shot")")
