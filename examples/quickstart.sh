@@ -45,6 +45,11 @@ fi
 if [[ -n "$STEPS" ]] && ! [[ "$STEPS" =~ ^[1-9][0-9]*$ ]]; then
     echo "QUICKSTART_STEPS=$STEPS: need a positive number of steps" >&2; exit 2
 fi
+for GROUP in $GROUPS_; do
+    if [[ "$GROUP" != 0 && "$GROUP" != 1 ]]; then
+        echo "QUICKSTART_GROUPS=\"$GROUPS_\": label groups are 0 (kidneys) and 1 (liver, spleen)" >&2; exit 2
+    fi
+done
 
 t0=$SECONDS
 stage() { printf '\n=== [%4ds] %s\n' "$((SECONDS - t0))" "$*"; }
