@@ -6,6 +6,7 @@ directory ``<path.log_dir>/mySSL_<exp_str>/<run id>/``.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from sacred import SETTINGS, Experiment
@@ -19,6 +20,9 @@ SETTINGS.CONFIG.READ_ONLY_CONFIG = True
 
 EXPERIMENT_NAME = "mySSL"              # kept for compatibility (SPEC §8 run directory)
 ex = Experiment(EXPERIMENT_NAME, save_git_info=False)
+if launch_rank() != 0:
+    # ranks other than 0 have no observer by design: silence Sacred's warning about it
+    logging.getLogger(EXPERIMENT_NAME).setLevel(logging.ERROR)
 
 
 def default_paths() -> dict:

@@ -30,6 +30,11 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """Configure the root logger once: ``level`` on rank 0, WARNING elsewhere."""
     root = logging.getLogger()
     effective = level if rank == 0 else logging.WARNING
+    # Sacred installs a plain StreamHandler on the root logger when a run starts; keep one
+    # handler only, or every line is printed twice.
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
     if not any(getattr(h, "_alpnet", False) for h in root.handlers):
         handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
