@@ -103,7 +103,7 @@ def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, 
     """Steps per second of ``world`` processes (1: plain single process, no DDP), each with
     ``threads`` intra-op threads (default: the cores shared out, at most 4 beside a GPU).
 
-    ``start_method='fork'`` saves the imports (quick mode on the CPU); spawn is CUDA-safe.
+    Spawned processes: CUDA-safe, and no OpenMP state inherited from the parent.
     """
     ctx = mp.get_context(start_method)
     results = ctx.Queue()
@@ -129,7 +129,9 @@ def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, 
 
 def run(quick: bool = False) -> dict:
     hw, warmup, steps = (64, 1, 1) if quick else (128, 3, 10)
-    start = "fork" if quick and "fork" in mp.get_all_start_methods() else "spawn"
+    # always spawn: a forked child of a process that already ran OpenMP kernels can hang in
+    # its first convolution (seen here in the test suite)
+    start = "spawn"
     one = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start)
     # a single process with one thread too: on a shared machine, threads of one process wait
     # for each other while separate processes each get their share; take the better baseline
