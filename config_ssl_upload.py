@@ -249,12 +249,12 @@ def quickstart():
     # stays 8, so the training pooling window is feature_hw / proto_grid_size = 2 x 2 cells =
     # 16 x 16 pixels = 40 x 40 mm, the same physical window as the paper's 4 x 4 cells at 1.25 mm.
     feature_hw = [16, 16]
-    # Schedule: a few hundred steps instead of 100,100 (minutes on a CPU; lr_milestones, every
-    # 1000 steps, then has no milestone: the learning rate stays 1e-3 as in the paper's first
-    # 1000 steps). One snapshot at the end; the loss means every 50 steps.
-    n_steps = 600
-    save_snapshot_every = 600
-    print_interval = 50
+    # Schedule: 1000 steps instead of 100,100 (minutes on a CPU). The learning rate stays 1e-3,
+    # as in the paper's first 1000 steps (lr_milestones, every 1000 steps, then has none). The
+    # final snapshot is saved at step 1000 (save_snapshot_every=25000 is never reached). Chosen on
+    # a separate synthetic set (seed 1, not the quickstart's scans): its fold-0 mean Dice was 0.45
+    # untrained, 0.62 after 200 steps, 0.66 after 1000, 0.68 after 1500.
+    n_steps = 1000
     # Episodes are built in the main process: with 2 cores a worker process only competes with
     # the training step for the CPU (building an episode takes ~15 ms).
     num_workers = 0

@@ -85,7 +85,7 @@ def run(quick: bool = False) -> dict:
     spacing = (2.0, 2.0, 6.0) if quick else (1.3, 1.3, 6.0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "SEGBENCH.json5").write_text(QUICK_CARD)
+        (tmp / "SEGBENCH.json5").write_text(QUICK_CARD, encoding="utf-8")
         with _card_dir(tmp):
             torch.manual_seed(0)
             net = FewShotSeg(cfg={"which_model": modelname, "init_weights": "random"})
@@ -136,7 +136,7 @@ def dice_table(real_dir: Path | None = None, batch_size: int = 8) -> dict:
     model = build_model({"model": {"which_model": "dlfcn_res101"}}, torch.device("cpu"))
     model.load_state_dict(fixture_state_dict(tuned_localconv=True))
     model.eval()
-    ref = json.loads((REFERENCE / "validation" / "chaos_fold0_kidneys.json").read_text())
+    ref = json.loads((REFERENCE / "validation" / "chaos_fold0_kidneys.json").read_text(encoding="utf-8"))
     raw_ref = ref["metrics"]["mar_val_batches_rawDice"]
     sup = load_scan(card, real_dir, 8, label=True)
 

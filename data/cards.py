@@ -107,7 +107,7 @@ def load_card(dataset: str) -> Card:
             f"(known cards: {listing}); write a card there or add its folder to ${CARD_ENV}")
     path = cards[name]
     try:
-        raw = json5.loads(path.read_text())
+        raw = json5.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise _fail(path, f"cannot be read as JSON5: {err}") from err
     if not isinstance(raw, dict):

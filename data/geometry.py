@@ -94,7 +94,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no preprocessing record (written beside each scan by "
                                 "`python -m data.prepare`; published scans come without one)")
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     missing = [k for k in ("raw", "output") if k not in record]

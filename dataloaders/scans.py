@@ -136,6 +136,6 @@ def load_classmap(card: Card, data_dir: str | Path, min_tp: int | str = 1) -> di
         f"create it with `python -m data.class_index --dataset {card.name} --data-dir {data_dir} "
         f"--min-tp {int(min_tp)}`")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err

@@ -71,7 +71,7 @@ def read_record(card: Card, data_dir: str | Path, scan_id: int) -> dict[str, Any
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 

@@ -88,7 +88,7 @@ fi
 COMMON=(quickstart "path.log_dir=$OUT/runs"
         "path.${DATASET}_Superpix.data_dir=$OUT/train_view" "path.${DATASET}.data_dir=$OUT/data")
 if [[ -n "$STEPS" ]]; then
-    COMMON+=("n_steps=$STEPS" "save_snapshot_every=$STEPS" "print_interval=$(( STEPS < 50 ? 1 : 50 ))")
+    COMMON+=("n_steps=$STEPS")
 fi
 
 stage "3/5 self-supervised training (no labels)"

@@ -109,7 +109,7 @@ def init_snapshot(run_dir: Path) -> Path:
     if last is not None:
         cfg = read_snapshot(last)["config"]
     elif (run_dir / "config.json").is_file():
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     else:
         raise FileNotFoundError(f"{run_dir}: no snapshots/<step>.pth and no config.json to "
                                 "rebuild the initial network from")
@@ -130,8 +130,8 @@ def dice_by_step(val_run: Path) -> tuple[list[str], dict[int, list[float]]]:
 
     val_run = Path(val_run)
     try:
-        cfg = json.loads((val_run / "config.json").read_text())
-        metrics = json.loads((val_run / "metrics.json").read_text())
+        cfg = json.loads((val_run / "config.json").read_text(encoding="utf-8"))
+        metrics = json.loads((val_run / "metrics.json").read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{val_run}: not a finished validation run ({err.filename} missing)") from err
     if DICE_METRIC not in metrics:

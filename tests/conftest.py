@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# child Pythons (entry points, launchers, sbatch scripts) read and write UTF-8 whatever the locale
+os.environ.setdefault("PYTHONUTF8", "1")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

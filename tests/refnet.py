@@ -22,7 +22,7 @@ INT_KEY_SUFFIX = "num_batches_tracked"
 
 def reference_keys() -> dict[str, list[int]]:
     """``{key: shape}`` of the original FewShotSeg state_dict."""
-    return json.loads((ALPNET_REF / "state_dict_keys.json").read_text())
+    return json.loads((ALPNET_REF / "state_dict_keys.json").read_text(encoding="utf-8"))
 
 
 def fixture_tensor(key: str, shape: list[int]) -> torch.Tensor:

@@ -122,6 +122,6 @@ def write_standins(folder: Path) -> Path:
     }
     for name, body in sources.items():
         path = folder / name
-        path.write_text(f"#!{sys.executable}\n{body}")
+        path.write_text(f"#!{sys.executable}\n{body}", encoding="utf-8")
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return folder

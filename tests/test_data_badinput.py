@@ -150,7 +150,7 @@ def test_unknown_dataset_and_scale(tmp_path):
 
 
 def test_card_with_missing_key(tmp_path, monkeypatch):
-    (tmp_path / "BROKEN.json5").write_text('{name: "BROKEN", modality: "MR", labels: ["BG", "A"]}')
+    (tmp_path / "BROKEN.json5").write_text('{name: "BROKEN", modality: "MR", labels: ["BG", "A"]}', encoding="utf-8")
     monkeypatch.setenv("SSL_ALPNET_CARDS", str(tmp_path))
     with pytest.raises(ValueError, match=r"BROKEN\.json5: missing key\(s\) label_groups"):
         load_card("BROKEN")

@@ -59,7 +59,7 @@ def test_chaos_labels_lie_on_their_organs(tmp_path, numbering):
     d = np.reshape(image.GetDirection(), (3, 3))
     assert d[1, 1] < -0.95 and d[0, 0] > 0.95 and d[2, 2] > 0.95
     assert_labels_on_truth(label, cases[0].truth, (1, 2, 3, 4))
-    record = json.loads((tmp_path / "out" / "record_1.json").read_text())
+    record = json.loads((tmp_path / "out" / "record_1.json").read_text(encoding="utf-8"))
     assert record["raw"]["size"] == list(cases[0].truth.GetSize())
     # a rerun skips the finished case
     again = chaos_mr.convert(tmp_path / "raw", tmp_path / "out", progress=False)
@@ -71,7 +71,7 @@ def test_synapse_reindexed_and_aligned(tmp_path):
     assert synapse_ct.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
                             "--no-progress"]) == 0
     # img0003 -> 0, img0007 -> 1 (sorted order)
-    record = json.loads((tmp_path / "out" / "record_1.json").read_text())
+    record = json.loads((tmp_path / "out" / "record_1.json").read_text(encoding="utf-8"))
     assert record["source"]["image"].endswith("img0007.nii.gz")
     image = sitk.ReadImage(str(tmp_path / "out" / "image_1.nii.gz"))
     arr = sitk.GetArrayFromImage(image)

@@ -149,9 +149,9 @@ def test_restore_accepts_cut_planes_and_rejects_bad_masks(tmp_path):
         restore_to_raw(np.zeros((2, 256, 256), np.uint8), record)
     with pytest.raises(ValueError, match="lacks 'raw'"):
         restore_to_raw(mask, {"output": record["output"]})
-    (tmp_path / "record_0.json").write_text(json.dumps(record))
+    (tmp_path / "record_0.json").write_text(json.dumps(record), encoding="utf-8")
     assert read_record(tmp_path / "record_0.json") == record
-    (tmp_path / "record_1.json").write_text(json.dumps({"raw": record["raw"]}))
+    (tmp_path / "record_1.json").write_text(json.dumps({"raw": record["raw"]}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"record_1\.json: preprocessing record lacks \['output'\]"):
         read_record(tmp_path / "record_1.json")
     with pytest.raises(FileNotFoundError, match="record_2.json"):

@@ -78,11 +78,11 @@ def test_classmap_file_layout(tmp_path):
         sitk.WriteImage(img, str(tmp_path / f"image_{sid}.nii.gz"))
     written, skipped, _ = write_class_index("CHAOST2", tmp_path, (1, 100), progress=False)
     assert (written, skipped) == (2, 0)
-    cm = json.loads((tmp_path / "classmap_1.json").read_text())
+    cm = json.loads((tmp_path / "classmap_1.json").read_text(encoding="utf-8"))
     assert list(cm) == list(card.labels)
     assert cm["BG"] == {"3": [1], "12": [1]} and cm["LIVER"] == {"3": [1], "12": []}
     assert cm["SPLEEN"] == {"3": [], "12": [1]}
-    cm100 = json.loads((tmp_path / "classmap_100.json").read_text())
+    cm100 = json.loads((tmp_path / "classmap_100.json").read_text(encoding="utf-8"))
     assert all(v == {"3": [], "12": []} for v in cm100.values())
     assert write_class_index("CHAOST2", tmp_path, (1, 100), progress=False)[:2] == (0, 2)
 
@@ -91,7 +91,7 @@ def test_classmap_file_layout(tmp_path):
 def test_classmap_1_equals_published(real_data_dir):
     card = load_card("CHAOST2")
     ours = build_classmaps(card, real_data_dir, [1], progress=False)[1]
-    published = json.loads((real_data_dir / "classmap_1.json").read_text())
+    published = json.loads((real_data_dir / "classmap_1.json").read_text(encoding="utf-8"))
     assert ours == published
 
 

@@ -36,7 +36,7 @@ CARD = """
 def user_card(tmp_path, monkeypatch):
     cards = tmp_path / "cards"
     cards.mkdir()
-    (cards / "MATSCI.json5").write_text(CARD)
+    (cards / "MATSCI.json5").write_text(CARD, encoding="utf-8")
     monkeypatch.setenv("SSL_ALPNET_CARDS", str(cards))
     return load_card("MATSCI_Superpix")
 

@@ -206,13 +206,13 @@ def test_signal_on_one_rank_saves_and_the_requeued_job_resumes(uninterrupted, ti
     env["PATH"] = f"{env['PATH'].split(os.pathsep, 1)[0]}{os.pathsep}{bindir}{os.pathsep}{env['PATH']}"
     job = subprocess.run(["bash", str(ROOT / "examples" / "frontier" / "train.sbatch"),
                           "init_weights=random", "deterministic=True", "print_interval=1"],
-                         env=env, cwd=ROOT, text=True, capture_output=True, timeout=TIMEOUT_S)
+                         env=env, cwd=ROOT, text=True, encoding="utf-8", capture_output=True, timeout=TIMEOUT_S)
     assert job.returncode == 0, job.stderr[-4000:]
     assert "resume=True" in job.stderr                      # the launcher's printed command
     final = experiment_dir(log_dir) / "2" / "snapshots" / f"{K_STEPS}.pth"
     assert final.is_file()
     # it continued: the requeued run logged only the steps after the snapshot
-    logged = json.loads((experiment_dir(log_dir) / "2" / "metrics.json").read_text())["loss"]["steps"]
+    logged = json.loads((experiment_dir(log_dir) / "2" / "metrics.json").read_text(encoding="utf-8"))["loss"]["steps"]
     assert logged == list(range(stop_step + 1, K_STEPS + 1))
     resumed = torch.load(final, map_location="cpu", weights_only=True)["model"]
     full = torch.load(full_0["snapshot"], map_location="cpu", weights_only=True)["model"]
@@ -222,7 +222,7 @@ def test_signal_on_one_rank_saves_and_the_requeued_job_resumes(uninterrupted, ti
 
 
 def _sacred_values(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return {name: (m["steps"], m["values"]) for name, m in metrics.items()}
 
 
@@ -251,7 +251,7 @@ def test_validation_two_ranks_equal_one(uninterrupted, tiny, tmp_path):
     env["PATH"] = f"{env['PATH'].split(os.pathsep, 1)[0]}{os.pathsep}{bindir}{os.pathsep}{env['PATH']}"
     job = subprocess.run(["bash", str(ROOT / "examples" / "frontier" / "test.sbatch"),
                           *(f"{k}={v}" for k, v in extra.items())],
-                         env=env, cwd=ROOT, text=True, capture_output=True, timeout=TIMEOUT_S)
+                         env=env, cwd=ROOT, text=True, encoding="utf-8", capture_output=True, timeout=TIMEOUT_S)
     assert job.returncode == 0, job.stderr[-4000:]
     assert f"reload_model_path={full_0['snapshot']}" in job.stderr
 

@@ -53,7 +53,7 @@ def launch(script: str, *args: str, cwd: Path = ROOT, check: bool = True, **env:
             if k not in ("FOLDS", "LABEL_GROUPS", "SETTING", "EXCLU", "DATA_DIR", "RELOAD_PATH", "RESUME",
                          "PYTHON", "EXTRA_ARGS", "LOGDIR", "DRY_RUN", "STOP_FILE", "DATASET", "SUPP_ID")}
     full.update(env)
-    res = subprocess.run(["bash", str(EXAMPLES / script), *args], cwd=cwd, env=full, text=True,
+    res = subprocess.run(["bash", str(EXAMPLES / script), *args], cwd=cwd, env=full, text=True, encoding="utf-8",
                          capture_output=True, timeout=60)
     if check and res.returncode != 0:
         raise AssertionError(f"{script} exited {res.returncode}:\n{res.stderr}")
@@ -130,7 +130,7 @@ def test_runs_from_another_directory_and_really_executes(tmp_path):
     elsewhere.mkdir()
     launch("train_ssl_abdominal_ct.sh", cwd=elsewhere, LOGDIR="./logs", FOLDS="2", LABEL_GROUPS="0",
            PYTHON=f"{sys.executable} {recorder}")
-    calls = [json.loads(x) for x in out.read_text().splitlines()]
+    calls = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     logdir = str(elsewhere / "logs")           # relative to where the launcher was started
     assert calls == [[str(ROOT)] + spec_train_argv(CT, 2, 0, logdir)[1:]]
     assert (elsewhere / "logs").is_dir()
@@ -149,7 +149,7 @@ def test_resume_continues_unfinished_and_skips_finished_runs(tmp_path):
 
 def test_stop_file_stops_before_the_next_run(tmp_path):
     stop = tmp_path / "stop"
-    stop.write_text("")
+    stop.write_text("", encoding="utf-8")
     res = launch("train_ssl_abdominal_mri.sh", DRY_RUN="1", LOGDIR=str(tmp_path), STOP_FILE=str(stop))
     assert res.stdout == "" and "stop requested" in res.stderr
 
@@ -168,7 +168,7 @@ C0_CARD = """{
 def test_cardiac_launchers_follow_the_card(tmp_path):
     cards = tmp_path / "cards"
     cards.mkdir()
-    (cards / "C0.json5").write_text(C0_CARD)
+    (cards / "C0.json5").write_text(C0_CARD, encoding="utf-8")
     c0 = {"dataset": "C0_Superpix", "support": "[2]", "exclu": {0: "[]", 1: "[]", 2: "[]"}}
     res = launch("train_ssl_cardiac.sh", DRY_RUN="1", LOGDIR=str(tmp_path), FOLDS="0",
                  SSL_ALPNET_CARDS=str(cards))
@@ -198,13 +198,13 @@ def test_unknown_label_group_is_named(tmp_path):
 def test_parallel_runs_overlap_and_failures_are_reported(tmp_path):
     log = tmp_path / "log"
     rec = tmp_path / "rec.sh"      # a stand-in interpreter: logs start/end, fold 1 fails with 3
-    rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*) fold="${a#*=}";; esac; done\n'
+    rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*, encoding="utf-8") fold="${a#*=}";; esac; done\n'
                    f'echo "start $fold $(date +%s%N)" >> {log}\nsleep 0.5\n'
                    f'echo "end $fold $(date +%s%N)" >> {log}\n[ "$fold" != 1 ] || exit 3\n')
     res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1 2", LABEL_GROUPS="0",
                  PARALLEL="2", PYTHON=f"bash {rec}", check=False)
     assert res.returncode == 1 and "failed (exit 3)" in res.stderr and "eval_fold=1" in res.stderr
-    events = [line.split() for line in log.read_text().splitlines()]
+    events = [line.split() for line in log.read_text(encoding="utf-8").splitlines()]
     assert sorted(e[1] for e in events if e[0] == "start") == ["0", "1", "2"]
     times = {(e[0], e[1]): int(e[2]) for e in events}
     assert times[("start", "1")] < times[("end", "0")], "folds 0 and 1 must run at the same time"

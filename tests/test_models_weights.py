@@ -73,7 +73,7 @@ def test_imagenet_weights_from_cache(empty_hub: Path) -> None:
 def test_corrupt_cached_file(empty_hub: Path) -> None:
     empty_hub.mkdir(parents=True)
     path = empty_hub / weights_spec("dlfcn_res18", "imagenet").file_name
-    path.write_text("partial download")
+    path.write_text("partial download", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{path.name}: not a readable.*util.fetch_weights"):
         build_encoder("dlfcn_res18", "imagenet")
 

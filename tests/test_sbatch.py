@@ -47,18 +47,18 @@ def job_env(tmp_path: Path, nodes: int = 2, **extra: str) -> dict[str, str]:
 
 def calls(tmp_path: Path, tool: str) -> list[list[str]]:
     path = tmp_path / "state" / "calls.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
     return [r["argv"] for r in rows if r["tool"] == tool]
 
 
 def task_records(tmp_path: Path) -> tuple[list[dict], list[dict]]:
     path = tmp_path / "state" / "tasks.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
     return [r for r in rows if "cmd" in r], [r for r in rows if "exit" in r]
 
 
 def run_sbatch(script: str, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(FRONTIER / script), *args], env=env, cwd=ROOT, text=True,
+    return subprocess.run(["bash", str(FRONTIER / script), *args], env=env, cwd=ROOT, text=True, encoding="utf-8",
                           capture_output=True, timeout=timeout)
 
 
@@ -120,7 +120,7 @@ def test_time_limit_signal_saves_stops_and_requeues(tmp_path):
     started, and the job requeues itself; the requeued job passes resume=True."""
     env = job_env(tmp_path, nodes=2, GPUS_PER_NODE="1", FOLDS="0 1", LABEL_GROUPS="0",
                   STANDIN_RECORD="python3", STANDIN_TASK_WAIT="30")
-    job = subprocess.Popen(["bash", str(FRONTIER / "train.sbatch")], env=env, cwd=ROOT, text=True,
+    job = subprocess.Popen(["bash", str(FRONTIER / "train.sbatch")], env=env, cwd=ROOT, text=True, encoding="utf-8",
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -177,7 +177,7 @@ def test_scripts_refuse_to_run_outside_slurm(tmp_path):
 def test_install_env_dry_run():
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env.update(DRY_RUN="1", ALPNET_ENV="/proj/env")
-    res = subprocess.run(["bash", str(FRONTIER / "install_env.sh")], env=env, text=True, capture_output=True,
+    res = subprocess.run(["bash", str(FRONTIER / "install_env.sh")], env=env, text=True, encoding="utf-8", capture_output=True,
                          timeout=30)
     assert res.returncode == 0, res.stderr
     steps = [shlex.split(line[2:]) for line in res.stdout.splitlines() if line.startswith("+ ")]

@@ -50,7 +50,7 @@ def fixture_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cards")
-    (folder / "SEGTEST.json5").write_text(TEST_CARD)
+    (folder / "SEGTEST.json5").write_text(TEST_CARD, encoding="utf-8")
     return folder
 
 
@@ -124,7 +124,7 @@ def test_real_chaos_equals_validation(real_data_dir, fixture_ckpt, tmp_path):
     mask = sitk.GetArrayFromImage(written)
     assert set(np.unique(mask).tolist()) <= {0, REAL_ORGAN}
     counted = slice(zs[0], zs[-1] + 1)
-    raw_dice = json.loads(REF_JSON.read_text())["metrics"]["mar_val_batches_rawDice"]
+    raw_dice = json.loads(REF_JSON.read_text(encoding="utf-8"))["metrics"]["mar_val_batches_rawDice"]
     expected = raw_dice[FOLD0_QUERIES.index(REAL_QUERY)][REAL_ORGAN - 2]
     assert _dice(mask[counted], truth[counted] == REAL_ORGAN) == pytest.approx(expected, abs=1e-3)
     rows = list(csv.DictReader((out / f"volumes_label{REAL_ORGAN}.csv").open()))
@@ -179,7 +179,7 @@ def _bad(tmp_path: Path, phantom: dict[str, Path], ckpt: Path) -> dict:
 def broken(tmp_path_factory, phantom) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("broken")
     text = folder / "notes.nii.gz"
-    text.write_text("not an image\n")
+    text.write_text("not an image\n", encoding="utf-8")
     shifted = sitk.ReadImage(str(phantom["label"]))
     shifted.SetSpacing((2.2, 2.6, 5.0))
     sitk.WriteImage(shifted, str(folder / "label_other_spacing.nii.gz"))

@@ -17,11 +17,11 @@ def write_run(root: Path, name: str, *, exclude, label_sets, fold, values, steps
     run.mkdir(parents=True)
     cfg = {"dataset": "CHAOST2_Superpix", "exclude_cls_list": exclude, "label_sets": label_sets,
            "eval_fold": fold, "task": {"n_shots": shots}}
-    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     vals = values if steps else [values]
     (run / "metrics.json").write_text(json.dumps(
         {metric: {"steps": steps or [0], "values": vals, "timestamps": [started] * len(vals)}}))
-    (run / "run.json").write_text(json.dumps({"start_time": started}))
+    (run / "run.json").write_text(json.dumps({"start_time": started}), encoding="utf-8")
     return run
 
 
@@ -43,8 +43,8 @@ def runs(tmp_path):
               steps=[1000, 2000])
     # a training run: not a validation run
     (root / "train" / "1").mkdir(parents=True)
-    (root / "train" / "1" / "config.json").write_text(json.dumps({"dataset": "CHAOST2_Superpix"}))
-    (root / "train" / "1" / "metrics.json").write_text(json.dumps({"loss": {"steps": [1], "values": [0.3]}}))
+    (root / "train" / "1" / "config.json").write_text(json.dumps({"dataset": "CHAOST2_Superpix"}), encoding="utf-8")
+    (root / "train" / "1" / "metrics.json").write_text(json.dumps({"loss": {"steps": [1], "values": [0.3]}}), encoding="utf-8")
     return root
 
 
@@ -70,10 +70,10 @@ def test_cli_markdown_and_csv(runs, tmp_path, capsys):
     md = capsys.readouterr().out
     assert "| dataset | setting | shots | LIVER | RK | LK | SPLEEN | Mean |" in md
     assert "84.00 ± 2.83 (5)" in md and "60.00 ± 10.00 (2 of 3)" in md
-    lines = out_csv.read_text().splitlines()
+    lines = out_csv.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "dataset,setting,shots,organ,metric,mean,std,n_folds,n_runs"
     assert "CHAOST2,2,1,RK,Dice,84,2.82843,5,5" in lines
-    assert to_csv(summarize([runs])) == out_csv.read_text()
+    assert to_csv(summarize([runs])) == out_csv.read_text(encoding="utf-8")
 
 
 def test_no_runs_and_missing_folder(tmp_path, capsys):

@@ -61,11 +61,11 @@ def test_spec_launch_line_runs_end_to_end(tmp_path, card, dataset, supp, excl):
     assert rd.parent.name == f"mySSL_{run.config['exp_str']}"                 # SPEC §7 run directory
     assert run.config["exp_str"].startswith(f"train_{dataset}_lbgroup")
     assert (rd / "snapshots" / "2.pth").is_file() and (rd / "loss_curves.png").is_file()
-    metrics = json.loads((rd / "metrics.json").read_text())
+    metrics = json.loads((rd / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["loss"]["steps"] == [1, 2] and len(metrics["align_loss"]["values"]) == 2
     snap = read_snapshot(rd / "snapshots" / "2.pth")
     assert snap["config"]["dataset"] == dataset and snap["config"]["modelname"] == "dlfcn_res101"
-    assert "Unseen labels evaluated in testing" in (rd / "cout.txt").read_text()
+    assert "Unseen labels evaluated in testing" in (rd / "cout.txt").read_text(encoding="utf-8")
 
 
 def test_named_config_run_stopped_by_signal_resumes_bit_identical(tmp_path, monkeypatch):

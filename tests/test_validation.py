@@ -65,7 +65,7 @@ def run_validation_exp(tiny, tmp_path, reload_model_path, **updates):
     cfg.update(updates)
     run = ex.run("validation_main", config_updates=cfg)
     run_dir = Path(run.observers[0].dir)
-    return run, run_dir, json.loads((run_dir / "metrics.json").read_text())
+    return run, run_dir, json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
 def dice_by_hand(pred_zyx: np.ndarray, label_hwz: np.ndarray, c: int) -> float:
@@ -127,7 +127,7 @@ def test_validation_run_outputs(tiny, single_run):
     assert np.mean(raw, axis=0) == pytest.approx(metrics["mar_val_batches_classDice"]["values"][0])
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == ["label_2_RK.png", "label_3_LK.png"]
     assert not list(run_dir.rglob(".*tmp*"))               # no temporary left behind
-    assert "| **Dice** |" in (run_dir / "cout.txt").read_text()
+    assert "| **Dice** |" in (run_dir / "cout.txt").read_text(encoding="utf-8")
     # the summary table finds this run: one fold of setting 2 (exclude [2, 3]), kidneys
     from util.summarize import summarize
     (row,) = summarize([run_dir.parent])

@@ -52,7 +52,7 @@ def test_prediction_restored_to_raw_geometry(tmp_path: Path):
     data_dir.mkdir()
     sitk.WriteImage(img, str(data_dir / "image_1.nii.gz"))
     sitk.WriteImage(lab, str(data_dir / "label_1.nii.gz"))
-    (data_dir / "record_1.json").write_text(json.dumps(record))
+    (data_dir / "record_1.json").write_text(json.dumps(record), encoding="utf-8")
     scan = load_scan(card, data_dir, 1, label=True)
     labels = [2, 3]
     preds = {(1, c): np.moveaxis(scan.label == c, -1, 0).astype(np.uint8) for c in labels}

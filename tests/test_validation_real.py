@@ -25,7 +25,7 @@ def test_fold0_kidneys_match_the_original(tmp_path, real_data_dir):
 
     weights = tmp_path / "fixture_tuned.pth"
     torch.save(fixture_state_dict(tuned_localconv=True), weights)
-    ref = json.loads(EXPECTED.read_text())
+    ref = json.loads(EXPECTED.read_text(encoding="utf-8"))
     cfg = dict(ref["config"])
     cfg.update(use_coco_init=False, num_workers=0, reload_model_path=str(weights), gpu_id=0,
                path={"log_dir": str(tmp_path / "runs"),
@@ -33,7 +33,7 @@ def test_fold0_kidneys_match_the_original(tmp_path, real_data_dir):
                      "CHAOST2_Superpix": {"data_dir": str(real_data_dir)}})
     run = ex.run("validation_main", config_updates=cfg)
     run_dir = Path(run.observers[0].dir)
-    got = json.loads((run_dir / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert set(ref["metrics"]) <= set(got)
     for name, expected in ref["metrics"].items():
         value = np.array(got[name]["values"][-1], dtype=float)

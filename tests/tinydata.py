@@ -121,5 +121,5 @@ def build_tiny_dataset(out: str | Path, card_name: str = "CHAOST2", *, n_scans: 
                 zs = [z for z in range(depth) if int((label[..., z] == c).sum()) >= tp]
                 classmaps[tp][name][str(sid)] = zs
     for tp in MIN_TPS:
-        (out / card.file("classmap", min_tp=tp)).write_text(json.dumps(classmaps[tp]))
+        (out / card.file("classmap", min_tp=tp)).write_text(json.dumps(classmaps[tp]), encoding="utf-8")
     return TinyData(out, card, ids, hw, depth, block)

@@ -45,13 +45,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(text: str, target: str | os.PathLike) -> Path:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(target)
 
 
 def atomic_write_json(obj: Any, target: str | os.PathLike, *, indent: int | None = None) -> Path:
     with atomic_path(target) as tmp:
-        with open(tmp, "w") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=indent)
     return Path(target)
 
