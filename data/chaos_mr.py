@@ -14,7 +14,6 @@ error naming the PNG and the value.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.cards import load_card
-from data.convert import Problems, RawCase, Summary, add_convert_args, convert_cases, read_sitk
+from data.convert import Problems, RawCase, Summary, converter_main, convert_cases, read_sitk
 from util.log import setup_logging
 
 __all__ = ["convert", "find_cases", "grey_to_label", "read_series", "main", "GREY_RANGES", "DATASET"]
@@ -200,18 +199,8 @@ def convert(raw: Path, out: Path, *, overwrite: bool = False, progress: bool = T
     return convert_cases(card, find_cases(raw), Path(out), overwrite=overwrite, progress=progress)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.chaos_mr", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_convert_args(p)
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(summary.line("chaos_mr", args.out))
-    return 0
+    return converter_main("chaos_mr", __doc__, convert, argv)
 
 
 if __name__ == "__main__":

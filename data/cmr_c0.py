@@ -17,7 +17,6 @@ Choices (documented in ``data/datasets/C0.json5`` and the README):
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cards import load_card
-from data.convert import (Problems, RawCase, Summary, add_convert_args, check_nifti_pair,
+from data.convert import (Problems, RawCase, Summary, converter_main, check_nifti_pair,
                           convert_cases, load_nifti_pair)
 from util.log import setup_logging
 
@@ -90,18 +89,8 @@ def convert(raw: Path, out: Path, *, overwrite: bool = False, progress: bool = T
     return convert_cases(card, find_cases(raw), Path(out), overwrite=overwrite, progress=progress)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.cmr_c0", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_convert_args(p)
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(summary.line("cmr_c0", args.out))
-    return 0
+    return converter_main("cmr_c0", __doc__, convert, argv)
 
 
 if __name__ == "__main__":

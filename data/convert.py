@@ -178,3 +178,15 @@ def load_nifti_pair(image: Path, label: Path, values: dict[int, int]) -> tuple[s
     out = sitk.GetImageFromArray(mapped)
     out.CopyInformation(img)
     return img, out
+
+
+def converter_main(name: str, doc: str | None, convert: Callable[..., Summary],
+                   argv: Sequence[str] | None = None) -> int:
+    """The command line of every converter ``python -m data.<name> --raw DIR --out OUT``."""
+    parser = argparse.ArgumentParser(prog=f"python -m data.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_convert_args(parser)
+    args = parser.parse_args(argv)
+    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(summary.line(name, args.out))
+    return 0

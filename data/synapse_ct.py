@@ -9,7 +9,6 @@ is (``data/preprocess.py``, recipe ``ct``). Label values must be 0..13 (the card
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cards import load_card
-from data.convert import (Problems, RawCase, Summary, add_convert_args, check_nifti_pair,
+from data.convert import (Problems, RawCase, Summary, converter_main, check_nifti_pair,
                           convert_cases, load_nifti_pair)
 from util.log import setup_logging
 
@@ -81,18 +80,8 @@ def convert(raw: Path, out: Path, *, overwrite: bool = False, progress: bool = T
                          progress=progress)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.synapse_ct", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_convert_args(p)
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(summary.line("synapse_ct", args.out))
-    return 0
+    return converter_main("synapse_ct", __doc__, convert, argv)
 
 
 if __name__ == "__main__":
