@@ -24,14 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["training_view", "newest_run", "init_snapshot", "dice_by_step", "report", "main",
-           "TRAINING_FILE_KINDS", "DICE_METRIC"]
+__all__ = ["training_view", "newest_run", "init_snapshot", "dice_by_step", "before_after_figures",
+           "report", "main", "TRAINING_FILE_KINDS", "DICE_METRIC", "BEFORE_AFTER_DIR"]
 
 log = logging.getLogger(__name__)
 
 TRAINING_FILE_KINDS = ("image", "superpix", "fgmask")   # what superpixel training may read
 DICE_METRIC = "mar_val_batches_classDice"               # SPEC §6 Sacred name, one value per test label
 INITIAL_STEP = 0
+BEFORE_AFTER_DIR = "before_after"                       # <val run>/before_after/<figure>.png
 
 
 def training_view(data_dir: Path, view_dir: Path, dataset: str) -> list[Path]:
@@ -147,6 +148,34 @@ def dice_by_step(val_run: Path) -> tuple[list[str], dict[int, list[float]]]:
     return names, out
 
 
+def before_after_figures(val_run: Path, last_step: int) -> list[Path]:
+    """Stack each validation figure of step 0 above the same figure of ``last_step`` (same
+    support and query slices, untrained then trained predictions) into
+    ``<val_run>/before_after/<name>.png``; figures of different sizes are left alone."""
+    import numpy as np
+    from matplotlib import image as mpimg
+
+    from util.io import atomic_path
+
+    val_run = Path(val_run)
+    out = []
+    for first in sorted((val_run / f"step_{INITIAL_STEP}").rglob("*.png")):
+        rel = first.relative_to(val_run / f"step_{INITIAL_STEP}")
+        last = val_run / f"step_{last_step}" / rel
+        if not last.is_file():
+            continue
+        top, bottom = mpimg.imread(first), mpimg.imread(last)
+        if top.shape[1:] != bottom.shape[1:]:
+            log.warning("%s and %s differ in size: not stacked", first, last)
+            continue
+        target = val_run / BEFORE_AFTER_DIR / rel.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            mpimg.imsave(tmp, np.concatenate([top, bottom], axis=0), format="png")
+        out.append(target)
+    return out
+
+
 def _fmt(v: float) -> str:
     return "  n/a" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
 
@@ -170,6 +199,7 @@ def report(train_run: Path, val_runs: Sequence[Path]) -> str:
         before += by_step[INITIAL_STEP]
         after += by_step[steps[-1]]
         last_steps.add(steps[-1])
+        before_after_figures(run, steps[-1])
     mean_b, mean_a = sum(before) / len(before), sum(after) / len(after)
     width = max(len(n) for n in organs + ["mean"])
     step_txt = "/".join(str(s) for s in sorted(last_steps))
@@ -183,7 +213,8 @@ def report(train_run: Path, val_runs: Sequence[Path]) -> str:
     lines += ["", "Run folders:", f"  training:   {train_run}"]
     lines += [f"  validation: {run}" for run in val_runs]
     figures = sorted(p for run in [train_run, *val_runs] for p in Path(run).rglob("*.png"))
-    lines += ["", "Figures:"] + [f"  {p}" for p in figures] if figures else ["", "Figures: none written"]
+    lines += (["", f"Figures (untrained above trained: {BEFORE_AFTER_DIR}/):"] + [f"  {p}" for p in figures]
+              if figures else ["", "Figures: none written"])
     return "\n".join(lines)
 
 

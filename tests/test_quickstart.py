@@ -131,6 +131,23 @@ def test_report_table_from_metrics(tmp_path):
     assert str(tmp_path / "v1" / "step_600" / "figures" / "label_1_LIVER.png") in text
 
 
+def test_before_after_stacks_step_zero_above_the_last_step(tmp_path):
+    from matplotlib import image as mpimg
+    top = np.zeros((4, 6, 4), np.float32)
+    top[..., 3] = 1
+    bottom = top.copy()
+    bottom[..., 0] = 1                                   # red: the trained one
+    for step, img in ((0, top), (600, bottom)):
+        (tmp_path / f"step_{step}" / "figures").mkdir(parents=True)
+        mpimg.imsave(tmp_path / f"step_{step}" / "figures" / "label_2_RK.png", img)
+    (tmp_path / "step_0" / "figures" / "label_3_LK.png").write_bytes(b"")   # no step-600 twin
+    (out,) = qt.before_after_figures(tmp_path, 600)
+    assert out == tmp_path / qt.BEFORE_AFTER_DIR / "label_2_RK.png"
+    both = mpimg.imread(out)
+    assert both.shape[:2] == (8, 6)
+    assert (both[:4, :, 0] == 0).all() and (both[4:, :, 0] == 1).all()
+
+
 def test_report_needs_step_zero(tmp_path):
     v = _fake_val_run(tmp_path / "v", 0, [600], [[0.6, 0.7]])
     with pytest.raises(ValueError, match=r"expected 0 and a trained one"):
@@ -234,8 +251,10 @@ def test_quickstart_script_end_to_end(tmp_path):
             want = 100 * _dice_on_counted_slices(pred, label, organ)
             assert abs(float(table[name][col]) - want) <= 0.051, (name, step, table[name], want)
     # the figures the summary lists exist
-    after = text.split("Figures:")[1].splitlines()[1:]
+    after = text.split("\nFigures")[1].splitlines()[1:]
     figures = [Path(ln.strip()) for ln in after[: after.index("")] if ln.startswith("  ")]
     assert figures and all(f.is_file() and f.suffix == ".png" for f in figures)
     assert any("step_0" in str(f) for f in figures) and any(f"step_{steps}" in str(f) for f in figures)
+    stacked = val_run / qt.BEFORE_AFTER_DIR / "label_1_LIVER.png"
+    assert stacked in figures
     assert "quickstart finished" in text
