@@ -138,7 +138,7 @@ def add_observer(config, command_name, logger):
 
 @ex.named_config
 def chaos_setting1():
-    """CHAOS MRI, superpixel self-supervision, setting 1 (label group 0: test kidneys)."""
+    # CHAOS MRI, superpixel self-supervision, setting 1 (label group 0: test kidneys).
     dataset = "CHAOST2_Superpix"
     exclude_cls_list = []
     label_sets = 0
@@ -148,7 +148,7 @@ def chaos_setting1():
 
 @ex.named_config
 def chaos_setting2():
-    """CHAOS MRI, setting 2, label group 0: kidneys (2, 3) tested and excluded from training."""
+    # CHAOS MRI, setting 2, label group 0: kidneys (2, 3) tested and excluded from training.
     dataset = "CHAOST2_Superpix"
     exclude_cls_list = [2, 3]
     label_sets = 0
@@ -158,7 +158,7 @@ def chaos_setting2():
 
 @ex.named_config
 def chaos_setting2_group1():
-    """CHAOS MRI, setting 2, label group 1: liver (1) and spleen (4) tested and excluded."""
+    # CHAOS MRI, setting 2, label group 1: liver (1) and spleen (4) tested and excluded.
     dataset = "CHAOST2_Superpix"
     exclude_cls_list = [1, 4]
     label_sets = 1
@@ -168,7 +168,7 @@ def chaos_setting2_group1():
 
 @ex.named_config
 def sabs_setting1():
-    """Synapse CT, superpixel self-supervision, setting 1 (label group 0: test kidneys)."""
+    # Synapse CT, superpixel self-supervision, setting 1 (label group 0: test kidneys).
     dataset = "SABS_Superpix"
     exclude_cls_list = []
     label_sets = 0
@@ -178,7 +178,7 @@ def sabs_setting1():
 
 @ex.named_config
 def sabs_setting2():
-    """Synapse CT, setting 2, label group 0: kidneys (2, 3) tested and excluded from training."""
+    # Synapse CT, setting 2, label group 0: kidneys (2, 3) tested and excluded from training.
     dataset = "SABS_Superpix"
     exclude_cls_list = [2, 3]
     label_sets = 0
@@ -188,7 +188,7 @@ def sabs_setting2():
 
 @ex.named_config
 def sabs_setting2_group1():
-    """Synapse CT, setting 2, label group 1: spleen (1) and liver (6) tested and excluded."""
+    # Synapse CT, setting 2, label group 1: spleen (1) and liver (6) tested and excluded.
     dataset = "SABS_Superpix"
     exclude_cls_list = [1, 6]
     label_sets = 1
@@ -198,8 +198,8 @@ def sabs_setting2_group1():
 
 @ex.named_config
 def c0_setting1():
-    """Cardiac MRI (MS-CMRSeg bSSFP), superpixel self-supervision; all three structures tested
-    (one label group; setting 2 is not defined for C0: the LV is on nearly every slice)."""
+    # Cardiac MRI (MS-CMRSeg bSSFP), superpixel self-supervision; all three structures tested
+    # (one label group; setting 2 is not defined for C0: the LV is on nearly every slice).
     dataset = "C0_Superpix"
     exclude_cls_list = []
     label_sets = 0
@@ -209,8 +209,8 @@ def c0_setting1():
 
 @ex.named_config
 def chaos_supervised():
-    """Supervised baseline on CHAOS manual labels (classes of pa_all minus the tested ones),
-    setting 2, label group 0."""
+    # Supervised baseline on CHAOS manual labels (classes of pa_all minus the tested ones),
+    # setting 2, label group 0.
     dataset = "CHAOST2"
     exclude_cls_list = [2, 3]
     label_sets = 0
@@ -220,7 +220,7 @@ def chaos_supervised():
 
 @ex.named_config
 def sabs_supervised():
-    """Supervised baseline on Synapse CT manual labels, setting 2, label group 0."""
+    # Supervised baseline on Synapse CT manual labels, setting 2, label group 0.
     dataset = "SABS"
     exclude_cls_list = [2, 3]
     label_sets = 0
