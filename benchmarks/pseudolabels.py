@@ -3,8 +3,8 @@ real CHAOS scans (SPEC.md §2), with the time per scan and the agreement with th
 files. Target: at least 1.7x on a 2-core machine.
 
 The images are linked into a temporary folder, so the published files stay untouched. Without
-the real scans (``../shared/data``) the benchmark runs on synthetic CHAOS scans instead and
-says so. Quick mode: 2 scans, numbers not meaningful.
+the real scans (``$ALPNET_CHAOS_DIR``, see ``tests/realdata.py``) the benchmark runs on synthetic
+CHAOS scans instead and says so. Quick mode: 2 scans, numbers not meaningful.
 
 ``python -m benchmarks.pseudolabels [--quick] [--jobs N]``
 """
@@ -23,29 +23,30 @@ from data.cards import load_card
 from data.pseudolabels import make_pseudolabels
 from dataloaders.folds import scan_ids_in
 from dataloaders.niftiio import read_zyx
+from tests.realdata import chaos_dir, chaos_skip_reason
 
 TARGET = 1.7
 DATASET = "CHAOST2"
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CHAOST2" / "chaos_MR_T2_normalized"
 QUICK_SCANS = 2
 
 
 def _inputs(work: Path, quick: bool) -> tuple[Path | None, str]:
     """Link (or synthesise) the images into ``work``; returns the published folder, if any."""
     card = load_card(DATASET)
-    if REAL_DATA.is_dir():
-        ids = scan_ids_in(card, REAL_DATA)[: QUICK_SCANS if quick else None]
+    real_dir = chaos_dir()
+    if real_dir is not None:
+        ids = scan_ids_in(card, real_dir)[: QUICK_SCANS if quick else None]
         for sid in ids:
             name = card.file("image", id=sid)
-            (work / name).symlink_to(REAL_DATA / name)
-        return REAL_DATA, f"{len(ids)} real CHAOS scans"
+            (work / name).symlink_to(real_dir / name)
+        return real_dir, f"{len(ids)} real CHAOS scans"
     from data.chaos_mr import convert
     from data.synthetic import write_synthetic
 
     n = QUICK_SCANS if quick else 20
     write_synthetic("chaos", work / "raw", n, seed=0, size=256)
     convert(work / "raw", work, progress=False)
-    return None, f"{n} synthetic CHAOS scans (real scans absent: {REAL_DATA})"
+    return None, f"{n} synthetic CHAOS scans ({chaos_skip_reason()})"
 
 
 def _agreement(work: Path, published: Path, ids: list[int]) -> tuple[float, int]:

@@ -126,12 +126,15 @@ def dice_table(real_dir: Path | None = None, batch_size: int = 8) -> dict:
     """
     from data.cards import load_card
     from dataloaders.scans import load_scan
-    from tests.refnet import REAL_DATA, REFERENCE, fixture_state_dict
+    from tests.realdata import chaos_dir, chaos_skip_reason
+    from tests.refnet import REFERENCE, fixture_state_dict
     from util.evaluate import build_model
     from util.protocol import SupportScan, build_support, organ_z_range
     from util.segment.rule import RULES, label_free_mask, masks_by_part, predict_every_part
 
-    real_dir = Path(real_dir or REAL_DATA)
+    real_dir = Path(real_dir) if real_dir else chaos_dir()
+    if real_dir is None:
+        raise FileNotFoundError(chaos_skip_reason())
     card = load_card("CHAOST2")
     model = build_model({"model": {"which_model": "dlfcn_res101"}}, torch.device("cpu"))
     model.load_state_dict(fixture_state_dict(tuned_localconv=True))

@@ -1,29 +1,40 @@
-"""Fold-0 kidney validation on the real CHAOS scans: the project's inference (each support slice
-encoded once per organ and part, query slices encoded once in batches and scored against every
-organ) against the original way (one ``forward`` per query slice and organ, the support images
-encoded again each time), same network (the reference fixture with the tuned localconv), in one
-run. Target: at least 2x. Both must give the same masks.
+"""Validation inference: the batched support-once path against the original one-slice-at-a-time
+path, both through the entry validation runs (``util.evaluate.evaluate_snapshot``, switched by
+``EvalOptions.one_slice_at_a_time``), alternating in one process on the same scans and network.
 
-``python -m benchmarks.validation [--quick]``; quick: a ResNet-18 with random weights on two
-slices of one query scan (checks that it runs; the ratio means nothing).
+Fold 0 of the real CHAOS T2 scans holds 5 scans: 4 queries and 1 support (scan 8); test organs
+of label set 0 (the kidneys). Full mode: all 4 queries, every slice, the conformance fixture
+network (ResNet-101, tuned localconv) of ``tests/refnet.py``. Quick mode (the test suite): one
+query cut to 4 slices across its first organ, a ResNet-18 with random weights.
+
+Both paths must give the same predictions and the same Dice, precision, recall, HD95 and ASSD
+(the run fails otherwise). Ratio: wall time of the one-slice-at-a-time path over the batched
+one, warm (an untimed round on a small cut first). Target: at least 2x.
+
+``python -m benchmarks.validation [--quick] [--rounds N]``
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
-import time
 
 import numpy as np
 import torch
 
+from benchmarks.common import alternate, exit_code, print_row, row, skipped_row
+
 TARGET = 2.0
-BATCH = 8
+NAME = "validation"
+QUICK_SLICES = 4
+TABLES = ("counts", "valid", "dice", "precision", "recall", "hd95", "assd")
 
 
 def _model(quick: bool) -> torch.nn.Module:
     from models.grid_proto_fewshot import FewShotSeg
 
+    torch.manual_seed(0)
     if quick:
-        torch.manual_seed(0)
         return FewShotSeg(cfg={"which_model": "dlfcn_res18", "init_weights": "random"}).eval()
     from tests.refnet import fixture_state_dict
 
@@ -32,64 +43,78 @@ def _model(quick: bool) -> torch.nn.Module:
     return model.eval()
 
 
-def run(quick: bool = False) -> dict:
+def _cut(vset, n_queries: int, n_slices: int):
+    """The validation set with its first ``n_queries`` queries, each cut to ``n_slices`` slices
+    centred on its first test organ."""
+    from dataloaders.validation_set import ValidationSet  # noqa: F401 (type of vset)
+    from util.protocol import organ_z_range
+
+    queries = []
+    for scan in vset.queries[:n_queries]:
+        z0, z1 = organ_z_range(scan.label, vset.labels[0])
+        lo = max(0, (z0 + z1) // 2 - n_slices // 2)
+        keep = slice(lo, lo + n_slices)
+        queries.append(dataclasses.replace(scan, image=scan.image[..., keep], label=scan.label[..., keep]))
+    return dataclasses.replace(vset, queries=queries, query_ids=[q.scan_id for q in queries])
+
+
+def compare(a, b) -> list[str]:
+    """What differs between two ``SnapshotResult``: table names and prediction keys."""
+    diffs = [k for k in TABLES if not np.array_equal(getattr(a, k), getattr(b, k), equal_nan=True)]
+    if a.preds.keys() != b.preds.keys():
+        diffs.append("prediction keys")
+    else:
+        diffs += [f"prediction {k}: {int((a.preds[k] != b.preds[k]).sum())} px"
+                  for k in a.preds if not np.array_equal(a.preds[k], b.preds[k])]
+    return diffs
+
+
+def run(quick: bool = False, rounds: int | None = None) -> dict:
+    from benchmarks.common import real_chaos_dir
     from data.cards import load_card
     from dataloaders.validation_set import load_validation_set
-    from tests.refnet import REAL_DATA
-    from util.protocol import (SupportScan, assign_parts, build_support, encode_slices,
-                               organ_z_range, predict_from_support, predict_one_at_a_time)
+    from util.evaluate import EvalOptions, evaluate_snapshot
 
-    name = "validation"
-    if not REAL_DATA.is_dir():
-        return {"name": name, "what": "fold-0 kidney validation", "ratio": "skipped",
-                "target": f">= {TARGET:g}x", "details": f"{REAL_DATA} absent"}
-    vset = load_validation_set(load_card("CHAOST2"), REAL_DATA, fold=0, label_sets=0)
-    queries = vset.queries[:1] if quick else vset.queries
-    labels = vset.labels[:1] if quick else vset.labels
+    what = "fold-0 kidney validation, one slice at a time vs support once"
+    target = f">= {TARGET:g}x"
+    data = real_chaos_dir()
+    if data is None:
+        return skipped_row(NAME, what, target, "set ALPNET_CHAOS_DIR")
+    vset = load_validation_set(load_card("CHAOST2"), data, fold=0, label_sets=0)
+    n_all = len(vset.queries)
+    if quick:
+        vset = _cut(vset, 1, QUICK_SLICES)
     model = _model(quick)
-    sup = [SupportScan(s.scan_id, s.image, s.label) for s in vset.support]
-    jobs = []                                    # (scan, zs, {organ: parts})
-    for scan in queries:
-        parts = {c: assign_parts(np.arange(scan.n_slices), *organ_z_range(scan.label, c), 3)
-                 for c in labels}
-        zs = list(range(scan.n_slices))
-        if quick:
-            z0 = organ_z_range(scan.label, labels[0])[0]
-            zs = [z0, z0 + 1]
-        jobs.append((scan, zs, parts))
+    device = torch.device("cpu")
+    ours_opts = EvalOptions()
+    base_opts = dataclasses.replace(ours_opts, one_slice_at_a_time=True)
+    warm_set = _cut(vset, 1, 2)
+    for opts in (base_opts, ours_opts):                                   # untimed warm-up
+        evaluate_snapshot(model, warm_set, opts, device=device)
+    timings, old, new = alternate(lambda: evaluate_snapshot(model, vset, base_opts, device=device),
+                                  lambda: evaluate_snapshot(model, vset, ours_opts, device=device),
+                                  rounds or 1, warmup=0)
+    diffs = compare(old, new)
+    n_slices = sum(q.n_slices for q in vset.queries)
+    scans = (f"1 of the {n_all} query scans, {QUICK_SLICES} slices" if quick else
+             f"{n_all} query scans + 1 support (fold 0 = 5 scans), {n_slices} query slices")
+    model_s = "ResNet-18, random weights" if quick else "fixture ResNet-101, tuned localconv"
+    mean_dice = np.nanmean(new.dice)
+    return row(NAME, what, timings.ratio, target, not diffs,
+               "predictions, Dice, precision, recall, HD95, ASSD identical"
+               + ("" if not diffs else f" - differ: {', '.join(diffs[:5])}"),
+               f"{scans}, labels {vset.labels}, {model_s}; {timings.text()}; mean Dice {mean_dice:.4f}")
 
-    with torch.inference_mode():
-        start = time.perf_counter()
-        supports = {c: build_support(model, sup, c, 3) for c in labels}
-        ours = {}
-        for scan, zs, parts in jobs:
-            for i in range(0, len(zs), BATCH):
-                chunk = zs[i:i + BATCH]
-                fts = encode_slices(model, scan.image, chunk)
-                for c in labels:
-                    logits = predict_from_support(model, supports[c], fts, parts[c][chunk],
-                                                  img_size=scan.image.shape[:2])
-                    for k, z in enumerate(chunk):
-                        ours[(scan.scan_id, c, z)] = logits[k].argmax(0).numpy()
-        t_ours = time.perf_counter() - start
 
-        start = time.perf_counter()
-        mismatched = 0
-        for scan, zs, parts in jobs:
-            for c in labels:
-                old = predict_one_at_a_time(model, supports[c], scan.image, parts[c], zs=zs)
-                mismatched += sum(int((old[z] != ours[(scan.scan_id, c, z)]).sum()) for z in zs)
-        t_old = time.perf_counter() - start
-    n = sum(len(zs) for _, zs, _ in jobs) * len(labels)
-    return {"name": name, "what": f"fold-0 kidney validation, {n} query slice predictions"
-                                  f"{' (quick: ResNet-18, random)' if quick else ''}",
-            "ratio": t_old / t_ours, "target": f">= {TARGET:g}x",
-            "details": f"ours {t_ours:.1f} s (batch {BATCH}), one slice at a time {t_old:.1f} s; "
-                       f"{mismatched} pixels differ"}
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.validation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one query scan cut to 4 slices, ResNet-18")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 1)")
+    args = p.parse_args(argv)
+    res = run(quick=args.quick, rounds=args.rounds)
+    print_row(res)
+    return exit_code(res)
 
 
 if __name__ == "__main__":
-    res = run(quick="--quick" in sys.argv[1:])
-    ratio = res["ratio"]
-    print(f"{res['name']}: {ratio if isinstance(ratio, str) else f'{ratio:.2f}x'} "
-          f"(target {res['target']}); {res['details']}")
+    sys.exit(main())

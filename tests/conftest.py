@@ -13,16 +13,19 @@ os.environ.setdefault("PYTHONUTF8", "1")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.refnet import REAL_DATA, REAL_DATA_REASON  # noqa: E402
+from tests.realdata import CHAOS_SKIP_REASON, chaos_dir  # noqa: E402
 
-requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+# the real CHAOS MR scans: $ALPNET_CHAOS_DIR (tests/realdata.py), skipped with the reason otherwise
+requires_real_data = pytest.mark.skipif(chaos_dir() is None, reason=CHAOS_SKIP_REASON)
 
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    if not REAL_DATA.is_dir():
-        pytest.skip(REAL_DATA_REASON)
-    return REAL_DATA
+    """The folder of the preprocessed real CHAOS MR scans (skips the test when unavailable)."""
+    folder = chaos_dir()
+    if folder is None:
+        pytest.skip(CHAOS_SKIP_REASON)
+    return folder
 
 
 @pytest.fixture(autouse=True)

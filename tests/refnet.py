@@ -1,4 +1,4 @@
-"""The conformance fixture network of ``../shared/reference/README.md``: every weight a pure
+"""The conformance fixture network of ``tests/fixtures/README.md``: every weight a pure
 function of its state_dict key name (built from ``state_dict_keys.json`` alone, no model needed).
 """
 from __future__ import annotations
@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference"
+# the recorded outputs of the original code, kept in the repository (tests/fixtures/README.md)
+REFERENCE = Path(__file__).resolve().parent / "fixtures"
 ALPNET_REF = REFERENCE / "alpnet"
-REAL_DATA = SHARED / "data" / "CHAOST2" / "chaos_MR_T2_normalized"
-REAL_DATA_REASON = f"{REAL_DATA} absent: real CHAOS scans (see README, 'Tests')"
 
 INT_KEY_SUFFIX = "num_batches_tracked"
 
@@ -40,7 +38,7 @@ def fixture_tensor(key: str, shape: list[int]) -> torch.Tensor:
 
 def fixture_state_dict(*, tuned_localconv: bool = False) -> dict[str, torch.Tensor]:
     """The fixture state_dict; ``tuned_localconv`` takes ``encoder.localconv.weight`` from
-    ``localconv_tuned.npy`` (the network of ``reference/validation/README.md``)."""
+    ``localconv_tuned.npy`` (the network of ``tests/fixtures/README.md``, 'validation/')."""
     out: dict[str, torch.Tensor] = {}
     keys = reference_keys()
     for key in sorted(keys):

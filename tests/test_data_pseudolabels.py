@@ -1,5 +1,6 @@
 """Superpixel ids, body masks and the class-slice index: hand-computed cases, and faithfulness
-to the published CHAOS files (``../shared/data``; skipped with a reason when absent).
+to the published CHAOS files (``$ALPNET_CHAOS_DIR``, tests/realdata.py; skipped with the reason
+when absent).
 
 The real-scan superpixel test runs a representative subset (the three scans with the lowest
 agreement, 99.89-99.99 %, and one reproduced voxel for voxel) to fit the suite's time budget

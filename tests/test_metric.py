@@ -1,5 +1,5 @@
 """util.metric: confusion counts, the original Metric interface, hand-computed cases and the
-reference fixture ``reference/metric/metric_seed1.npz``."""
+recorded fixture ``tests/fixtures/metric/metric_seed1.npz``."""
 from __future__ import annotations
 
 import numpy as np

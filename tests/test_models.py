@@ -1,4 +1,4 @@
-"""FewShotSeg (dlfcn_res101) against the reference fixtures of ``../shared/reference/alpnet/``:
+"""FewShotSeg (dlfcn_res101) against the recorded outputs in ``tests/fixtures/alpnet/``:
 state_dict keys, the three recorded cases, batches, the split inference, empty prototypes."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from models.grid_proto_fewshot import EmptyPrototypeError, FewShotSeg
 from tests.refnet import ALPNET_REF, fixture_state_dict, reference_keys
 
 CASES = ["eval_128", "eval_large_fg", "train_large_fg"]
-VAL_WSIZE = 2                     # reference/README.md: isval=True, val_wsize=2
-REL_TOL = 1e-4                    # reference/README.md: logits to about 1e-4 relative
+VAL_WSIZE = 2                     # tests/fixtures/README.md: isval=True, val_wsize=2
+REL_TOL = 1e-4                    # tests/fixtures/README.md: logits to about 1e-4 relative
 ALIGN_TOL = 1e-4
 
 
@@ -42,7 +42,7 @@ def _inputs(d: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 
 
 def _set_mode(m: nn.Module, mode: str) -> bool:
-    """reference/README.md: 'eval' = eval(); 'train' = train() with BatchNorm on running stats.
+    """tests/fixtures/README.md: 'eval' = eval(); 'train' = train() with BatchNorm on running stats.
     Returns isval."""
     if mode == "eval":
         m.eval()

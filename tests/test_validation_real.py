@@ -1,6 +1,6 @@
-"""Equivalence with the original validation.py on the real CHAOS scans (issue 4): the fixture
-network with the tuned localconv, fold 0, kidneys; every logged Dice, precision and recall
-(per scan and class, and the means) within 1e-3 of ``reference/validation/chaos_fold0_kidneys.json``.
+"""Equivalence with the original validation.py on the real CHAOS scans: the fixture network with
+the tuned localconv, fold 0, kidneys; every logged Dice, precision and recall (per scan and
+class, and the means) within 1e-3 of ``tests/fixtures/validation/chaos_fold0_kidneys.json``.
 About 145 ResNet-101 encodes at 256 x 256 (each query slice once, each support slice once)."""
 from __future__ import annotations
 
