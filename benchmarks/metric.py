@@ -1,15 +1,18 @@
 """Metric.record (bincount) against a set-of-pixel-tuples count of the same TP/FP/FN, on 256 x 256
-binary slices as validation records them (``labels=[c]``). Target: at least 20x.
+binary slices as validation records them (``labels=[c]``), alternating in one process, both warm
+(an untimed round first); the counts of every slice must be equal. Target: at least 20x.
 
-``python -m benchmarks.metric [--quick]``
+``python -m benchmarks.metric [--quick] [--rounds N]``
 """
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
-import time
 
 import numpy as np
 
+from benchmarks.common import alternate, exit_code, print_row, row
 from util.metric import IGNORE_INDEX, Metric
 
 TARGET = 20.0
@@ -46,35 +49,41 @@ def _slices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(preds), np.stack(gts)
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, rounds: int | None = None) -> dict:
+    """Both counts on the same slices, alternating (an untimed round first); the TP/FP/FN of
+    every slice must be equal."""
     n = 4 if quick else 64
     preds, gts = _slices(n, seed=0)
     label = 2
+    metric = Metric(max_label=label, n_scans=n)
 
-    start = time.perf_counter()
-    old = np.zeros((3, label + 1))
-    for p, g in zip(preds, gts):
-        tp, fp, fn = _set_counts(p, g, [label], label + 1)
-        old += np.nan_to_num(np.stack([tp, fp, fn]))
-    t_sets = time.perf_counter() - start
+    def sets() -> np.ndarray:                          # slices x 3 x labels
+        return np.stack([np.nan_to_num(np.stack(_set_counts(p, g, [label], label + 1)))
+                         for p, g in zip(preds, gts)])
 
-    metric = Metric(max_label=label, n_scans=1)
-    repeats = 1 if quick else 5
-    start = time.perf_counter()
-    for _ in range(repeats):
+    def counts() -> np.ndarray:
         metric.reset()
-        for p, g in zip(preds, gts):
-            metric.record(p, g, labels=[label])
-    t_counts = (time.perf_counter() - start) / repeats
+        for i, (p, g) in enumerate(zip(preds, gts)):
+            metric.record(p, g, labels=[label], n_scan=i)
+        return np.transpose(metric.counts[:n], (0, 2, 1)).astype(np.float64)
 
-    if not np.array_equal(metric.counts[0].T, old):
-        raise RuntimeError("benchmarks.metric: bincount and set counts disagree")
-    ratio = t_sets / t_counts
-    return {"name": "metric", "what": f"Metric.record vs sets of pixel tuples, {n} slices {SIZE}x{SIZE}",
-            "ratio": ratio, "target": f">= {TARGET:g}x",
-            "details": f"sets {t_sets * 1e3 / n:.2f} ms/slice, bincount {t_counts * 1e3 / n:.3f} ms/slice"}
+    timings, old, new = alternate(sets, counts, rounds or (1 if quick else 5))
+    agree = bool(np.array_equal(old, new))
+    return row("metric", f"set-of-tuples counts vs Metric.record (bincount), {n} slices {SIZE}x{SIZE}",
+               timings.ratio, f">= {TARGET:g}x", agree, "TP, FP, FN of every slice and class equal",
+               f"{timings.text()}; sets {statistics.median(timings.baseline) * 1e3 / n:.2f} ms/slice, "
+               f"bincount {statistics.median(timings.ours) * 1e3 / n:.3f} ms/slice")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.metric", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 slices, one timed round")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 5)")
+    args = p.parse_args(argv)
+    res = run(quick=args.quick, rounds=args.rounds)
+    print_row(res)
+    return exit_code(res)
 
 
 if __name__ == "__main__":
-    res = run(quick="--quick" in sys.argv[1:])
-    print(f"{res['name']}: {res['ratio']:.1f}x (target {res['target']}); {res['details']}")
+    sys.exit(main())

@@ -32,7 +32,8 @@ from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_p
 from util.io import atomic_write_sitk
 from util.metric import Metric, assd, hd95, reduce_raw
 from util.protocol import (Support, SupportScan, assign_parts, build_support, counted_slices,
-                           encode_slices, organ_z_range, predict_from_support)
+                           encode_slices, logits_one_at_a_time, organ_z_range,
+                           predict_from_support)
 
 __all__ = ["EvalOptions", "SnapshotResult", "resolve_snapshots", "build_model",
            "evaluate_snapshot", "sacred_metrics", "log_result", "write_predictions",
@@ -49,12 +50,19 @@ PRED_NAME = "scan_{sid}_label_{c}.nii.gz"
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """Protocol settings (SPEC §6, §7 keys ``n_sup_part``, ``z_margin``, ``val_wsize``,
-    ``val_batch_size``, ``precision``)."""
+    ``val_batch_size``, ``precision``).
+
+    ``one_slice_at_a_time`` switches to the original inference: one ``forward`` per query slice
+    and organ, the support images encoded again each time (``util.protocol.forward_one_slice``),
+    instead of the support encoded once and the query slices in batches. Same predictions and
+    metrics, several times slower; ``python -m benchmarks.validation`` times the two.
+    """
     npart: int = 3
     z_margin: int = 0
     val_wsize: int = 2
     batch_size: int = 8
     precision: str = "fp32"
+    one_slice_at_a_time: bool = False
 
     def check(self) -> "EvalOptions":
         for key, val, low in (("n_sup_part", self.npart, 1), ("z_margin", self.z_margin, 0),
@@ -188,10 +196,16 @@ def evaluate_snapshot(model: torch.nn.Module, vset: ValidationSet, opts: EvalOpt
             mine = list(range(rank, n_z, world))
             for start in range(0, len(mine) if active else 0, opts.batch_size):
                 chunk = mine[start:start + opts.batch_size]
-                fts = encode_slices(model, scan.image, chunk, device=device)   # B x C x H' x W'
+                if not opts.one_slice_at_a_time:
+                    fts = encode_slices(model, scan.image, chunk, device=device)  # B x C x H' x W'
                 for c in active:
-                    logits = predict_from_support(model, supports[c], fts, parts[c][chunk],
-                                                  img_size=(h, w), val_wsize=opts.val_wsize)
+                    if opts.one_slice_at_a_time:
+                        logits = logits_one_at_a_time(model, supports[c], scan.image, chunk,
+                                                      parts[c][chunk], device=device,
+                                                      val_wsize=opts.val_wsize)
+                    else:
+                        logits = predict_from_support(model, supports[c], fts, parts[c][chunk],
+                                                      img_size=(h, w), val_wsize=opts.val_wsize)
                     pred = logits.argmax(dim=1).to(torch.uint8).cpu()          # B x H x W
                     vol[labels.index(c), chunk] = pred
                     keep = [k for k, z in enumerate(chunk) if counted[c][z]]

@@ -10,7 +10,9 @@
 - Speed: each support slice is encoded once per organ and part (:func:`build_support`); query
   slices are encoded in batches (:func:`encode_slices`) and can be scored against every organ's
   support from the same features (:func:`predict_from_support`). The result equals the original
-  one-slice-at-a-time forward (:func:`predict_one_at_a_time`, kept for tests and the benchmark).
+  one-slice-at-a-time forward (:func:`forward_one_slice`: the support images encoded again for
+  every query slice), which validation and ``segment`` still run when asked
+  (``EvalOptions.one_slice_at_a_time``), so that the benchmarks time the original way.
 
 ``z_min``/``z_max`` and ``zlist`` come from the label volume: a slice holds organ ``c`` when any
 voxel equals ``c``; for ``c > 0`` this is exactly the slice list of ``classmap_1.json``.
@@ -32,7 +34,7 @@ __all__ = ["VAL_WSIZE", "part_fractions", "support_slice_indices", "organ_slices
            "organ_z_range", "assign_parts", "label_free_parts", "counted_slices",
            "to_model_input", "SupportScan", "SupportPart", "Support", "OrganMissingError",
            "build_support", "encode_slices", "predict_from_support", "predict_volume",
-           "predict_one_at_a_time"]
+           "forward_one_slice", "logits_one_at_a_time", "predict_one_at_a_time"]
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,40 @@ def predict_volume(model: torch.nn.Module, support: Support, image_hwz: np.ndarr
     return out
 
 
+def forward_one_slice(model: torch.nn.Module, part: SupportPart, slice_hw: np.ndarray, *,
+                      device: torch.device | str = "cpu", val_wsize: int = VAL_WSIZE) -> torch.Tensor:
+    """The original way for one query slice: one ``forward`` with the part's support images,
+    encoded again together with the query (nothing reused).
+
+    Args:
+        part: the support part serving this slice (its ``images`` are re-encoded).
+        slice_hw: H x W normalised query slice.
+    Returns:
+        1 x 2 x H x W logits (background, organ).
+    """
+    device = torch.device(device)
+    with torch.inference_mode():
+        sup_imgs = to_model_input(part.images).to(device)                   # shot x 3 x H x W
+        supp = [[sup_imgs[k:k + 1] for k in range(sup_imgs.shape[0])]]      # way x shot x [1 x 3 x H x W]
+        fg = [[part.fg[k:k + 1] for k in range(part.fg.shape[0])]]          # way x shot x [1 x H x W]
+        bg = [[part.bg[k:k + 1] for k in range(part.bg.shape[0])]]
+        qry = [to_model_input(slice_hw[None]).to(device)]                   # N x [1 x 3 x H x W]
+        return model(supp, fg, bg, qry, isval=True, val_wsize=val_wsize)[0]
+
+
+def logits_one_at_a_time(model: torch.nn.Module, support: Support, image_hwz: np.ndarray,
+                         zs: Sequence[int], parts: Sequence[int], *, device: torch.device | str = "cpu",
+                         val_wsize: int = VAL_WSIZE) -> torch.Tensor:
+    """:func:`forward_one_slice` for each slice ``zs[k]`` against part ``parts[k]``: the same
+    B x 2 x H x W logits as :func:`encode_slices` + :func:`predict_from_support`, computed the
+    original way (the support images encoded again for every query slice)."""
+    if len(zs) != len(parts):
+        raise ValueError(f"{len(zs)} query slices but {len(parts)} parts")
+    return torch.cat([forward_one_slice(model, support.parts[int(p)], image_hwz[..., int(z)],
+                                        device=device, val_wsize=val_wsize)
+                      for z, p in zip(zs, parts)])
+
+
 def predict_one_at_a_time(model: torch.nn.Module, support: Support, image_hwz: np.ndarray,
                           parts: Sequence[int], *, zs: Sequence[int] | None = None,
                           device: torch.device | str = "cpu", val_wsize: int = VAL_WSIZE) -> np.ndarray:
@@ -268,15 +304,8 @@ def predict_one_at_a_time(model: torch.nn.Module, support: Support, image_hwz: n
     h, w, n = image_hwz.shape
     zs = list(range(n)) if zs is None else [int(z) for z in zs]
     out = np.zeros((n, h, w), dtype=np.uint8)
-    device = torch.device(device)
-    with torch.inference_mode():
-        for z in zs:
-            part = support.parts[int(parts[z])]
-            sup_imgs = to_model_input(part.images).to(device)               # shot x 3 x H x W
-            supp = [[sup_imgs[k:k + 1] for k in range(sup_imgs.shape[0])]]  # way x shot x [1 x 3 x H x W]
-            fg = [[part.fg[k:k + 1] for k in range(part.fg.shape[0])]]      # way x shot x [1 x H x W]
-            bg = [[part.bg[k:k + 1] for k in range(part.bg.shape[0])]]
-            qry = [to_model_input(image_hwz[None, ..., z]).to(device)]      # N x [1 x 3 x H x W]
-            logits = model(supp, fg, bg, qry, isval=True, val_wsize=val_wsize)[0]
-            out[z] = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    for z in zs:
+        logits = forward_one_slice(model, support.parts[int(parts[z])], image_hwz[..., z],
+                                   device=device, val_wsize=val_wsize)
+        out[z] = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
     return out

@@ -28,7 +28,8 @@ from dataloaders.niftiio import read_image
 from dataloaders.scans import NormStats
 from util.figures import plot_support_query
 from util.io import atomic_write_text
-from util.protocol import Support, SupportScan, assign_parts, build_support, predict_volume
+from util.protocol import (Support, SupportScan, assign_parts, build_support, forward_one_slice,
+                           predict_one_at_a_time, predict_volume)
 from util.segment.checkpoint_info import build_segmenter
 from util.segment.inputs import Plan, SegmentRequest, mask_name, preflight, query_stem
 from util.segment.rule import label_free_mask, predict_every_part
@@ -118,25 +119,47 @@ def _overlay(support: Support, scan: Prepared, mask_zyx: np.ndarray, label: int,
 
 
 def _predict_range(model: torch.nn.Module, support: Support, scan: Prepared, z_range: tuple[int, int],
-                   plan: Plan, device: torch.device, bar: tqdm) -> np.ndarray:
+                   plan: Plan, device: torch.device, bar: tqdm, one_at_a_time: bool = False) -> np.ndarray:
     """The protocol's prediction on the slices of ``z_range`` (others background)."""
     parts = assign_parts(np.arange(scan.n_slices), z_range[0], z_range[1], support.npart)
     mask = np.zeros((scan.n_slices,) + scan.image.shape[:2], dtype=np.uint8)
     zs = list(range(z_range[0], z_range[1] + 1))
     step = int(plan.request.batch_size)
+    predict = predict_one_at_a_time if one_at_a_time else predict_volume
     for start in range(0, len(zs), step):
         chunk = zs[start:start + step]
-        pred = predict_volume(model, support, scan.image, parts, zs=chunk, batch_size=step,
-                              device=device, val_wsize=plan.checkpoint.val_wsize)
+        extra = {} if one_at_a_time else {"batch_size": step}
+        pred = predict(model, support, scan.image, parts, zs=chunk, device=device,
+                       val_wsize=plan.checkpoint.val_wsize, **extra)
         mask[chunk] = pred[chunk]
         bar.update(len(chunk))
     return mask
 
 
+def _every_part_one_at_a_time(model: torch.nn.Module, support: Support, image_hwz: np.ndarray, *,
+                              device: torch.device, val_wsize: int, on_batch=None) -> np.ndarray:
+    """``predict_every_part`` the original way: one ``forward`` per slice and part, the support
+    images encoded again each time (float32 npart x Z x H x W margins, organ logit minus
+    background logit, as ``predict_every_part`` returns them)."""
+    h, w, n_z = image_hwz.shape
+    out = np.zeros((support.npart, n_z, h, w), dtype=np.float32)
+    for z in range(n_z):
+        for p, part in enumerate(support.parts):
+            logits = forward_one_slice(model, part, image_hwz[..., z], device=device, val_wsize=val_wsize)
+            out[p, z] = (logits[0, 1] - logits[0, 0]).float().cpu().numpy()
+        if on_batch is not None:
+            on_batch(1)
+    return out
+
+
 def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
-                    progress: bool = True) -> SegmentReport:
+                    progress: bool = True, one_at_a_time: bool = False) -> SegmentReport:
     """Run a checked request (:func:`util.segment.inputs.preflight`); ``model`` (eval mode, on
-    ``plan.request.device``) replaces the one built from the checkpoint (benchmarks)."""
+    ``plan.request.device``) replaces the one built from the checkpoint (benchmarks).
+
+    ``one_at_a_time`` runs the original inference instead (the support images encoded again
+    for every query slice and part, ``util.protocol.forward_one_slice``): same masks, slower;
+    ``python -m benchmarks.segment`` times the two."""
     start = time.perf_counter()
     req, card = plan.request, plan.card
     device = torch.device(req.device)
@@ -164,14 +187,20 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
                 rng = range_to_training(scan, req.z_range)
                 bar.total += rng[1] - rng[0] + 1
                 bar.refresh()
-                mask = _predict_range(model, support, scan, rng, plan, device, bar)
+                mask = _predict_range(model, support, scan, rng, plan, device, bar, one_at_a_time)
                 how, used, n_enc = "z-range", rng, rng[1] - rng[0] + 1
             else:
                 bar.total += scan.n_slices
                 bar.refresh()
-                per_part = predict_every_part(model, support, scan.image, batch_size=req.batch_size,
-                                              device=device, val_wsize=plan.checkpoint.val_wsize,
-                                              on_batch=bar.update)
+                if one_at_a_time:
+                    per_part = _every_part_one_at_a_time(model, support, scan.image, device=device,
+                                                         val_wsize=plan.checkpoint.val_wsize,
+                                                         on_batch=bar.update)
+                else:
+                    per_part = predict_every_part(model, support, scan.image,
+                                                  batch_size=req.batch_size, device=device,
+                                                  val_wsize=plan.checkpoint.val_wsize,
+                                                  on_batch=bar.update)
                 mask, used = label_free_mask(per_part, req.rule)
                 how, n_enc = f"label-free ({req.rule})", scan.n_slices
             encoded += n_enc
@@ -202,11 +231,11 @@ def write_csv(results: list[QueryResult], target: Path) -> Path:
 
 
 def segment(request: SegmentRequest, *, model: torch.nn.Module | None = None,
-            progress: bool = True) -> SegmentReport:
+            progress: bool = True, one_at_a_time: bool = False) -> SegmentReport:
     """Check ``request`` completely, then segment every query (module docstring).
 
     Raises:
         FileNotFoundError / ValueError: every problem of the request at once, before anything
             is built or written (see ``preflight``).
     """
-    return segment_planned(preflight(request), model, progress=progress)
+    return segment_planned(preflight(request), model, progress=progress, one_at_a_time=one_at_a_time)

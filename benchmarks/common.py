@@ -1,0 +1,106 @@
+"""What every benchmark shares: both paths run alternately on the same inputs, timed warm, their
+outputs compared, and one result row.
+
+A row (``dict``) has the keys ``name``, ``what``, ``ratio`` (baseline wall time over ours, a
+float; the string ``"skipped"`` only when the real scans are absent), ``target``, ``agree``
+(True/False: the two paths gave the same outputs; None when skipped), ``check`` (what was
+compared) and ``details``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+__all__ = ["Timings", "alternate", "row", "skipped_row", "load_note", "print_row", "exit_code",
+           "DisagreementError", "REAL_DATA_ABSENT", "real_chaos_dir"]
+
+REAL_DATA_ABSENT = "real CHAOS scans absent"   # the only reason a row may be skipped
+
+
+class DisagreementError(AssertionError):
+    """The two paths of a benchmark gave different outputs."""
+
+
+@dataclasses.dataclass
+class Timings:
+    """Warm wall times (seconds) of the baseline and of ours, one per timed round."""
+    baseline: list[float]
+    ours: list[float]
+
+    @property
+    def ratio(self) -> float:
+        """Median baseline time over median time of ours."""
+        return statistics.median(self.baseline) / statistics.median(self.ours)
+
+    def text(self) -> str:
+        return (f"baseline {statistics.median(self.baseline):.2f} s, ours "
+                f"{statistics.median(self.ours):.2f} s (medians of {len(self.ours)} warm round(s))")
+
+
+def alternate(baseline: Callable[[], Any], ours: Callable[[], Any], rounds: int, *,
+              warmup: int = 1) -> tuple[Timings, Any, Any]:
+    """Run ``baseline, ours, baseline, ours, ...``: ``warmup`` untimed rounds, then ``rounds``
+    timed ones. Returns the timings and the last output of each path (compare them)."""
+    times_b, times_o = [], []
+    out_b = out_o = None
+    for i in range(warmup + max(int(rounds), 1)):
+        start = time.perf_counter()
+        out_b = baseline()
+        t_b = time.perf_counter() - start
+        start = time.perf_counter()
+        out_o = ours()
+        t_o = time.perf_counter() - start
+        if i >= warmup:
+            times_b.append(t_b)
+            times_o.append(t_o)
+    return Timings(times_b, times_o), out_b, out_o
+
+
+def load_note() -> str:
+    """The 1-minute load average and the core count (other work on the machine skews ratios)."""
+    try:
+        load = f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = "unknown"
+    return f"load average {load} on {os.cpu_count()} cores"
+
+
+def row(name: str, what: str, ratio: float, target: str, agree: bool, check: str, details: str) -> dict:
+    return {"name": name, "what": what, "ratio": float(ratio), "target": target, "agree": bool(agree),
+            "check": check, "details": f"{details}; {load_note()}"}
+
+
+def skipped_row(name: str, what: str, target: str, missing: Any) -> dict:
+    """The row of a real-data benchmark when the real scans are absent."""
+    return {"name": name, "what": what, "ratio": "skipped", "target": target, "agree": None,
+            "check": "not run", "details": f"{REAL_DATA_ABSENT}: {missing}"}
+
+
+def print_row(res: dict) -> None:
+    """One line for ``python -m benchmarks.<name>``."""
+    ratio = res["ratio"]
+    agree = {True: "ok", False: "FAILED", None: "not run"}[res.get("agree")]
+    print(f"{res['name']}: {ratio if isinstance(ratio, str) else f'{ratio:.2f}x'} "
+          f"(target {res['target']}); agreement {agree} ({res.get('check', '')}); {res['details']}")
+
+
+def exit_code(res: dict) -> int:
+    """0 when the paths agreed (or the row was skipped for absent real data), else 1."""
+    return 1 if res.get("agree") is False else 0
+
+
+def real_chaos_dir():
+    """The folder of the preprocessed real CHAOS T2 scans (``tests.realdata.chaos_dir``), or
+    None when they are absent."""
+    from pathlib import Path
+
+    try:
+        from tests.realdata import chaos_dir
+    except ImportError:
+        from tests.refnet import REAL_DATA as found
+    else:
+        found = chaos_dir()
+    return Path(found) if found is not None and Path(found).is_dir() else None
