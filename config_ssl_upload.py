@@ -1,8 +1,8 @@
-"""The Sacred experiment ``ex``: every config key of the original code (SPEC.md §7) with its
-default, the project's new keys, and named configs per dataset and setting.
+"""The Sacred experiment ``ex``: every config key of the original code with its default, the
+project's new keys, and named configs per dataset and setting (docs/method.md, 'Config keys').
 
-Kept for compatibility (SPEC §7): key names, defaults, experiment name ``mySSL`` and the run
-directory ``<path.log_dir>/mySSL_<exp_str>/<run id>/``.
+Kept for compatibility (docs/method.md, 'Experiment interface'): key names, defaults, experiment
+name ``mySSL`` and the run directory ``<path.log_dir>/mySSL_<exp_str>/<run id>/``.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from sacred.observers import FileStorageObserver
 from data.cards import SUPERPIX_SUFFIX, known_cards, load_card
 from util.distributed import launch_rank
 
-SETTINGS.CAPTURE_MODE = "sys"          # fix (SPEC §8): the console goes into cout.txt
+SETTINGS.CAPTURE_MODE = "sys"          # the console goes into cout.txt (the original's stayed empty)
 SETTINGS.CONFIG.READ_ONLY_CONFIG = True
 
-EXPERIMENT_NAME = "mySSL"              # kept for compatibility (SPEC §8 run directory)
+EXPERIMENT_NAME = "mySSL"              # kept for compatibility: runs go to <log_dir>/mySSL_<exp_str>/
 ex = Experiment(EXPERIMENT_NAME, save_git_info=False)
 if launch_rank() != 0:
     # ranks other than 0 have no observer by design: silence Sacred's warning about it
@@ -49,7 +49,7 @@ def cfg():
     init_weights = None                # 'coco' | 'imagenet' | 'random'; None follows use_coco_init
 
     # Training
-    n_steps = 100100                   # optimizer steps (exactly; SPEC §8)
+    n_steps = 100100                   # optimizer steps, exactly (the original stopped at 100,000)
     batch_size = 1                     # episodes per step and rank (reference: 1); effective batch = batch_size x ranks, lr not scaled
     lr_milestones = [(ii + 1) * 1000 for ii in range(n_steps // 1000 - 1)]
     lr_step_gamma = 0.95
@@ -83,7 +83,7 @@ def cfg():
 
     # Network
     modelname = "dlfcn_res101"
-    clsname = "grid_proto"             # fix (SPEC §8): the reference default None failed an assert
+    clsname = "grid_proto"             # the original default None failed an assertion
     reload_model_path = None           # a snapshot, a list of snapshots, or a snapshots folder
     proto_grid_size = 8
     feature_hw = [32, 32]
@@ -131,7 +131,7 @@ def add_observer(config, command_name, logger):
 
 
 # ---------------------------------------------------------------------------------------------
-# Named configs: dataset and setting values (SPEC §1, §7), e.g.
+# Named configs: dataset and setting values (docs/method.md, 'Named configs'), e.g.
 #   python3 training.py with chaos_setting2 eval_fold=1
 # Setting 1: nothing excluded in training; setting 2: training slices holding a test organ of
 # the label group are never used. Launch lines pass the same keys explicitly, which still works.
@@ -142,7 +142,7 @@ def chaos_setting1():
     dataset = "CHAOST2_Superpix"
     exclude_cls_list = []
     label_sets = 0
-    support_idx = [4]                  # SPEC §7: the last scan of the 5-scan validation list
+    support_idx = [4]                  # the last scan of the 5-scan validation list (as the launchers)
     min_fg_data = 1
 
 
@@ -172,7 +172,7 @@ def sabs_setting1():
     dataset = "SABS_Superpix"
     exclude_cls_list = []
     label_sets = 0
-    support_idx = [6]                  # SPEC §7: the last scan of the 7-scan validation list
+    support_idx = [6]                  # the last scan of the 7-scan validation list (as the launchers)
     min_fg_data = 1
 
 
@@ -232,7 +232,7 @@ def sabs_supervised():
 def quickstart():
     # The CPU demo of examples/quickstart.sh: self-supervised training on synthetic CHAOS scans
     # and 1-shot validation, in minutes on 2 CPU cores. Only the values below differ from the
-    # paper's configuration (SPEC.md section 7); each says why. (Comments, not a docstring:
+    # paper's configuration (docs/method.md, 'Config keys'); each says why. (Comments, not a docstring:
     # Sacred would add a docstring as a config entry.)
     # Data: CHAOS MR prepared at 2.5 mm / 128 x 128 instead of 1.25 mm / 256 x 256 (card
     # data/datasets/CHAOST2_128.json5): a quarter of the pixels, a quarter of the compute.
