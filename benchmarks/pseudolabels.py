@@ -1,6 +1,6 @@
 """Superpixel pseudolabels over scans in parallel: ``--jobs 2`` against ``--jobs 1`` on the 20
-real CHAOS scans (SPEC.md §2), with the time per scan and the agreement with the published
-files. Target: at least 1.7x on a 2-core machine.
+real CHAOS scans (docs/method.md, 'Superpixel pseudolabels'), with the time per scan and the
+agreement with the published files. Target: at least 1.7x on a 2-core machine.
 
 The images are linked into a temporary folder, so the published files stay untouched. Without
 the real scans (``$ALPNET_CHAOS_DIR``, see ``tests/realdata.py``) the benchmark runs on synthetic

@@ -20,8 +20,8 @@ from util.trainer import build_criterion, build_optimizer, build_scheduler, trai
 
 __all__ = ["run", "make_episode_batch", "gpu_throughput", "TARGET", "GPU_TARGET"]
 
-TARGET = 1.25           # issue 3: one step at most 1.25x the backbone's forward + backward
-GPU_TARGET = 3.0        # issue 3: best bf16 batch at least 3x the batch-1 fp32 episodes/s
+TARGET = 1.25           # target: one step at most 1.25x the backbone's forward + backward
+GPU_TARGET = 3.0        # target: best bf16 batch at least 3x the batch-1 fp32 episodes/s
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 OPTIM_CFG = {"optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
              "lr_milestones": [1000], "lr_step_gamma": 0.95}

@@ -1,5 +1,5 @@
 """CHAOS MR T2-SPIR: raw DICOM series and PNG ground truth -> ``image_<id>.nii.gz``,
-``label_<id>.nii.gz`` and ``record_<id>.json`` (SPEC.md §2, card ``CHAOST2``).
+``label_<id>.nii.gz`` and ``record_<id>.json`` (docs/method.md, 'Preprocessing'; card ``CHAOST2``).
 
 ``python -m data.chaos_mr --raw DIR --out OUT``; DIR holds ``MR/<id>/T2SPIR/{DICOM_anon,Ground}``
 (or is that ``MR`` folder, or holds ``Train_Sets/MR``).
@@ -8,7 +8,7 @@ Each DICOM series is read with SimpleITK's series reader: slice positions decide
 file names. Each ``Ground/<stem>.png`` belongs to the DICOM file ``<stem>.dcm`` and holds its
 pixels in the same row/column order, so the label slices are stacked in the reader's file order
 and given the image's geometry; the preprocessing then reorients both together (rows flipped,
-as the published files have them). Grey values map by range (SPEC §2): 55-70 liver,
+as the published files have them). Grey values map by range: 55-70 liver,
 110-135 right kidney, 175-200 left kidney, 240-255 spleen, 0 background; anything else is an
 error naming the PNG and the value.
 """
@@ -33,7 +33,7 @@ __all__ = ["convert", "find_cases", "grey_to_label", "read_series", "main", "GRE
 log = logging.getLogger(__name__)
 
 DATASET = "CHAOST2"
-GREY_RANGES = ((55, 70, 1), (110, 135, 2), (175, 200, 3), (240, 255, 4))  # SPEC §2 step 2
+GREY_RANGES = ((55, 70, 1), (110, 135, 2), (175, 200, 3), (240, 255, 4))  # docs/method.md, 'Preprocessing'
 SEQUENCE = "T2SPIR"
 MAX_LISTED = 5        # file names listed per problem
 
@@ -53,7 +53,7 @@ def grey_to_label(png: np.ndarray, path: Path) -> np.ndarray:
     """CHAOS grey values -> label indices (uint8).
 
     Raises:
-        ValueError: a value outside the SPEC §2 ranges (names the PNG and the values).
+        ValueError: a value outside these grey ranges (names the PNG and the values).
     """
     values = np.unique(png)
     bad = [int(v) for v in values if v > 255 or v < 0 or GREY_LUT[int(v)] < 0]

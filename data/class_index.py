@@ -1,5 +1,6 @@
 """Class-slice index ``classmap_<MIN_TP>.json``: ``{label name: {scan id: [slice indices]}}``
-(SPEC.md §2), by the reference's rule so that the published index files are reproduced.
+(docs/method.md, 'Class-slice index'), by the original rule so that the published index files
+are reproduced.
 
 Class ``c`` (background included) is listed for slice ``z`` when ``c`` occurs in slice ``z`` AND
 the sum of the label VALUES over slice ``z`` is at least ``MIN_TP``. Consequences: the background
@@ -30,7 +31,7 @@ __all__ = ["class_slices", "build_classmaps", "write_class_index", "main", "DEFA
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_TP = (1, 100)   # SPEC §8: classmap_1 (always required) and classmap_100 (min_fg_data default)
+DEFAULT_MIN_TP = (1, 100)   # classmap_1 (always required) and classmap_100 (min_fg_data default)
 
 
 def class_slices(label_zyx: np.ndarray, n_classes: int, min_tp: float) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """Voxel grids and the way back: grids as JSON-able dicts, resampling onto a grid, label
-resampling class by class (SPEC.md §2, step 4), and ``restore_to_raw``, which puts a mask on
-the preprocessed grid back onto the raw scan's grid and orientation.
+resampling class by class (docs/method.md, 'Preprocessing', step 5), and ``restore_to_raw``,
+which puts a mask on the preprocessed grid back onto the raw scan's grid and orientation.
 
 Every grid here is physically correct (origin, spacing, direction), so one resampling maps any
 grid onto any other: crops, pads, row flips and spacing changes are all undone by it.
@@ -65,9 +65,9 @@ def resample_image(image: sitk.Image, reference: sitk.Image, *, interpolator: in
 
 
 def resample_labels(label: sitk.Image, reference: sitk.Image, n_classes: int) -> sitk.Image:
-    """Labels resampled class by class (SPEC §2 step 4): for c = 0 .. n_classes - 1 the binary
-    mask of c is resampled linearly, rounded half to even (``np.rint``), and c is written where
-    it is 1; later classes win. Returns uint8 on ``reference``'s grid.
+    """Labels resampled class by class (docs/method.md, 'Preprocessing'): for c = 0 ..
+    n_classes - 1 the binary mask of c is resampled linearly, rounded half to even (``np.rint``),
+    and c is written where it is 1; later classes win. Returns uint8 on ``reference``'s grid.
     """
     lab = sitk.GetArrayFromImage(label)
     out = np.zeros(reference.GetSize()[::-1], np.uint8)

@@ -1,15 +1,15 @@
-"""Preprocessing of one scan to the training geometry (SPEC.md §2), shared by the dataset
-converters and by ``segment.py`` (a user's own scan).
+"""Preprocessing of one scan to the training geometry (docs/method.md, 'Preprocessing'), shared
+by the dataset converters and by ``segment.py`` (a user's own scan).
 
 Recipes (the card's optional ``preprocessing`` object; default by ``modality``):
 
 - ``mr`` (CHAOS, C0): optional reorientation to a fixed array orientation (CHAOS: ``LAS``, the
   published files' ``diag(1, -1, 1)``: rows flipped against DICOM rows), clip above the 99.5th
-  percentile (the clip value truncated to an integer, SPEC §8), optional rescale to a range,
+  percentile (the clip value truncated to an integer, as the original), optional rescale to a range,
   linear resampling to ``spacing`` with ``int(size * old / new + 1)`` voxels per axis (a
   ``null`` spacing keeps that axis as it is), labels class by class, centre crop/pad in-plane to
   ``size_xy`` (window ``[c - 128, c + 128)``, ``c = size // 2``; pad value the volume minimum,
-  0 for labels) with the origin moved to the window's true position (SPEC §8 fix).
+  0 for labels) with the origin moved to the window's true position (the original left it unmoved).
 - ``ct`` (Synapse): window ``[-125, 275]``, per-volume min-max to 0..255, cut ``roi_cut`` voxels
   from each in-plane border, in-plane spacing times ``inplane_factor`` (448/256), z spacing
   unchanged, ``int(size * old / new + 1)`` voxels on every axis (z included: Z + 1).
@@ -36,13 +36,13 @@ __all__ = ["Recipe", "recipe_of", "preprocess_scan", "preprocess_image", "prepro
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
-MR_CLIP_PERCENTILE = 99.5            # SPEC §2 MR step 3
-MR_SPACING = (1.25, 1.25, 7.70)      # SPEC §2 MR step 4 (x, y, z) mm
-SIZE_XY = (256, 256)                 # SPEC §2 MR step 5
-CT_WINDOW = (-125.0, 275.0)          # SPEC §2 CT step 1 (HU)
-CT_RANGE = 255.0                     # SPEC §2 CT step 1: rescaled to [0, 255]
-CT_ROI_CUT = 32                      # SPEC §2 CT step 2: voxels cut per in-plane border
-CT_INPLANE_FACTOR = 448.0 / 256.0    # SPEC §2 CT step 2
+MR_CLIP_PERCENTILE = 99.5            # docs/method.md, 'Preprocessing', CHAOS step 4
+MR_SPACING = (1.25, 1.25, 7.70)      # ... CHAOS step 5 (x, y, z) mm
+SIZE_XY = (256, 256)                 # ... CHAOS step 6
+CT_WINDOW = (-125.0, 275.0)          # ... Synapse CT (HU)
+CT_RANGE = 255.0                     # ... Synapse CT: rescaled to [0, 255]
+CT_ROI_CUT = 32                      # ... Synapse CT: voxels cut per in-plane border
+CT_INPLANE_FACTOR = 448.0 / 256.0    # ... Synapse CT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _array_image(arr_zyx: np.ndarray, like: sitk.Image) -> sitk.Image:
 
 def _target_grid(image: sitk.Image, spacing: tuple[float | None, ...]) -> sitk.Image:
     """The resampled grid: same origin and direction, ``int(n * old / new + 1)`` voxels per axis
-    (SPEC §2/§8; an axis whose new spacing is None keeps its spacing and size)."""
+    (docs/method.md, 'Preprocessing'; an axis whose new spacing is None keeps its spacing and size)."""
     size, new_spacing = [], []
     for n, old, new in zip(image.GetSize(), image.GetSpacing(), spacing):
         if new is None:

@@ -1,5 +1,5 @@
 """Superpixel pseudolabels ``superpix-<SCALE>_<id>.nii.gz`` and body masks ``fgmask_<id>.nii.gz``
-for every scan of a dataset (SPEC.md §2), in parallel over scans.
+for every scan of a dataset (docs/method.md, 'Superpixel pseudolabels'), in parallel over scans.
 
 Per axial slice of the preprocessed image:
 1. Felzenszwalb graph segmentation (scikit-image) on the slice's raw values with the card's
@@ -42,11 +42,12 @@ __all__ = ["body_mask", "superpixel_ids", "pseudolabels_of", "make_pseudolabels"
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCALE = "MIDDLE"   # SPEC §2: the paper's default superpixel scale
+DEFAULT_SCALE = "MIDDLE"   # the paper's default superpixel scale
 
 
 def body_mask(slice_hw: np.ndarray, threshold: float) -> np.ndarray:
-    """SPEC §2 step 2: ``> threshold``, largest 8-connected component, holes filled (bool H x W)."""
+    """Body mask (docs/method.md, 'Superpixel pseudolabels', step 2): ``> threshold``, largest
+    8-connected component, holes filled (bool H x W)."""
     above = slice_hw > threshold
     if not above.any():
         return above
@@ -57,7 +58,8 @@ def body_mask(slice_hw: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def superpixel_ids(segments_hw: np.ndarray, mask_hw: np.ndarray) -> np.ndarray:
-    """SPEC §2 step 3 on one slice's Felzenszwalb ids (0..M): int32 H x W."""
+    """The id rule (docs/method.md, 'Superpixel pseudolabels', step 3) on one slice's
+    Felzenszwalb ids (0..M): int32 H x W."""
     out = segments_hw.astype(np.int32, copy=True)
     top = int(out.max())
     if top > 0:

@@ -1,5 +1,5 @@
 """Synapse multi-atlas abdomen CT -> ``image_<id>.nii.gz``, ``label_<id>.nii.gz`` and
-``record_<id>.json`` (SPEC.md §2, card ``SABS``).
+``record_<id>.json`` (docs/method.md, 'Preprocessing'; card ``SABS``).
 
 ``python -m data.synapse_ct --raw DIR --out OUT``; DIR holds ``img/img00NN.nii.gz`` and
 ``label/label00NN.nii.gz`` (or is/holds ``RawData/Training``). Scans are re-indexed 0..N-1 in

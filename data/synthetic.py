@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("chaos", "synapse", "c0")
 NUMBERINGS = ("ascending", "descending", "alternate")
-CHAOS_GREY = {1: 63, 2: 126, 3: 189, 4: 252}   # CHAOS Ground PNG values (SPEC §2) by card label
+CHAOS_GREY = {1: 63, 2: 126, 3: 189, 4: 252}   # CHAOS Ground PNG values by card label
 C0_VALUES = {1: 500, 2: 200, 3: 600}           # MS-CMRSeg values by C0 card label (LV-BP, LV-MYO, RV)
 CHAOS_SERIES = 1                               # the XXXX of IMG-XXXX-YYYYY
 UID_ROOT = "1.2.826.0.1.3680043.9.7433"        # synthetic UIDs: root.kind.seed.case.suffix
