@@ -1,5 +1,5 @@
-"""Paired augmentation of a slice and its label (SPEC.md §3 and the §8 rows "affine
-augmentation", "elastic augmentation", "gamma").
+"""Paired augmentation of a slice and its label (docs/method.md, 'Augmentation'; kept as
+the original computes it).
 
 One sampled affine warp, then one sampled elastic warp, are applied to the image and to the
 one-hot mask together; the warped one-hot mask is rounded (``np.rint``) and turned back into
@@ -25,13 +25,13 @@ __all__ = ["AugParams", "AUG_PRESETS", "get_preset", "affine_matrix", "draw_affi
 
 log = logging.getLogger(__name__)
 
-ELASTIC_KSIZE = 21      # SPEC §8: cv2.GaussianBlur kernel of the elastic displacement field
-GAMMA_EPS = 1e-5        # SPEC §8: irange = max - min + 1e-5; x - min + 1e-5
+ELASTIC_KSIZE = 21      # cv2.GaussianBlur kernel of the elastic displacement field
+GAMMA_EPS = 1e-5        # irange = max - min + 1e-5; x - min + 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
 class AugParams:
-    """Ranges of one augmentation preset (SPEC §3).
+    """Ranges of one augmentation preset (docs/method.md, 'Augmentation').
 
     rotate: degrees, drawn in [-rotate, rotate]; shift: pixels (x, y), each in [-s, s];
     shear: degrees in [-shear, shear]; scale: isotropic zoom range; elastic_alpha/sigma: the
@@ -47,11 +47,11 @@ class AugParams:
 
 
 AUG_PRESETS: dict[str, AugParams | None] = {
-    # SPEC §3: rotation +-5 deg, shift +-5 px, shear +-5 deg, scale U(0.9, 1.2), elastic 10/5,
+    # rotation +-5 deg, shift +-5 px, shear +-5 deg, scale U(0.9, 1.2), elastic 10/5,
     # gamma U(0.5, 1.5)
     "sabs_aug": AugParams(rotate=5.0, shift=(5.0, 5.0), shear=5.0, scale=(0.9, 1.2),
                           elastic_alpha=10.0, elastic_sigma=5.0, gamma=(0.5, 1.5)),
-    # SPEC §3: the stronger preset
+    # the stronger preset
     "aug_v3": AugParams(rotate=30.0, shift=(30.0, 30.0), shear=30.0, scale=(0.8, 1.3),
                         elastic_alpha=20.0, elastic_sigma=5.0, gamma=(0.2, 1.8)),
     # no augmentation (debugging, the CPU quickstart)
@@ -73,7 +73,7 @@ def get_preset(name: str) -> AugParams | None:
 
 def affine_matrix(shape_hw: tuple[int, int], rotate: float, tx: float, ty: float, shear: float,
                   scale: float) -> np.ndarray:
-    """The forward 3 x 3 matrix ``zoom . shear . shift . rotation`` (SPEC §8, kept).
+    """The forward 3 x 3 matrix ``zoom . shear . shift . rotation`` (as the original).
 
     Rotation (degrees, counter-clockwise as ``cv2.getRotationMatrix2D``) and zoom are centred at
     the point whose (x, y) is ``(H / 2, W // 2)``: the reference passes that tuple as cv2's
@@ -111,7 +111,7 @@ def draw_affine(params: AugParams, shape_hw: tuple[int, int], rng: np.random.Gen
 def warp_affine(chans: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Warp every channel of ``chans`` (H x W x C float32) by the forward map ``matrix``.
 
-    Bilinear interpolation, constant 0 outside the input (SPEC §8).
+    Bilinear interpolation, constant 0 outside the input (as the original).
     """
     h, w = chans.shape[:2]
     m = np.asarray(matrix, dtype=np.float64)[:2]

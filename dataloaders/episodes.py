@@ -3,8 +3,9 @@ that feeds the DataLoader, and the factory choosing the dataset from the config.
 
 An episode's index ``g`` counts episodes of this rank from the start of training; step ``s``
 with batch size ``B`` normally takes episodes ``s * B .. s * B + B - 1`` (skipped episodes move
-the stream on, SPEC §5). Every draw of episode ``g`` is a pure function of ``(seed, g, rank)``,
-so the number of workers, restarts and resume do not change what is trained on.
+the stream on: docs/method.md, 'Model (ALPNet)'). Every draw of episode ``g`` is a pure function
+of ``(seed, g, rank)``, so the number of workers, restarts and resume do not change what is
+trained on.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ __all__ = ["make_episode", "EpisodeBatchSampler", "episode_loader", "ignore_stop
 
 log = logging.getLogger(__name__)
 
-SUPPORT_CLASS = 1       # the foreground value of the binary episode masks (SPEC §3)
+SUPPORT_CLASS = 1       # foreground value of the binary episode masks (docs/method.md, 'Training episodes')
 
 
 def make_episode(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], n_shots: int,

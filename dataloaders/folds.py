@@ -1,4 +1,5 @@
-"""Folds, label groups and setting-2 exclusion, computed from a dataset card (SPEC.md §1).
+"""Folds, label groups and setting-2 exclusion, computed from a dataset card
+(docs/method.md, 'Datasets, labels and folds').
 
 Training and validation both use this module, so they always agree on which scans and organs
 belong to which fold.

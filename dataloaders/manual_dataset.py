@@ -1,5 +1,5 @@
 """The manual-label episode dataset: the supervised baseline (dataset names without
-``_Superpix``; SPEC.md §3, last paragraph).
+``_Superpix``; docs/method.md, 'Supervised baseline').
 
 Episode ``g`` of a rank, all draws from ``SeedSequence([seed, g, rank])``: one class uniformly
 from the classes allowed in training, then ``n_shots + n_queries`` different slices holding it
@@ -30,7 +30,7 @@ __all__ = ["ManualLabelDataset", "training_classes", "class_slices"]
 
 log = logging.getLogger(__name__)
 
-EXCLUSION_CLASSMAP_TP = 1   # SPEC §3: setting 2 excludes by classmap_1.json
+EXCLUSION_CLASSMAP_TP = 1   # setting 2 excludes by classmap_1.json
 N_MASK_CLASSES = 2          # binary mask of the episode's class
 
 

@@ -1,5 +1,6 @@
 """Loading preprocessed scans of a dataset card: images normalised as the card says, labels,
-superpixels and body masks, all as H x W x Z arrays cut to the first 256 x 256 (SPEC.md §3).
+superpixels and body masks, all as H x W x Z arrays cut to the first 256 x 256
+(docs/method.md, 'Training episodes').
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ __all__ = ["Scan", "NormStats", "load_scan", "fold_norm_stats", "normalise", "lo
 
 log = logging.getLogger(__name__)
 
-CUT_HW = (256, 256)     # SPEC §3: volumes are cut to the first 256 x 256
+CUT_HW = (256, 256)     # volumes are cut to the first 256 x 256
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""The superpixel episode dataset of self-supervised training (SPEC.md §3; §8 rows "superpixel
-draw", "slice sampling", "epoch length", "randomness", "sub-epoch reload").
+"""The superpixel episode dataset of self-supervised training (docs/method.md, 'Training
+episodes'; the original's draw and slice sampling are kept, its defects fixed).
 
 Episode ``g`` of a rank:
 1. sub-epoch ``e = g // L`` (``L``: the card's ``epoch_length``: ``max_iters_per_load``, or
    ``n_slices`` = the number of slices loaded); the position ``g % L`` goes through the
    sub-epoch's permutation (the reference's shuffling DataLoader) to an item ``i``;
 2. item ``i`` is slice ``i % N``; a slice without a usable superpixel (max id < 2: max id 1
-   would make the draw ``[1, 1)`` empty, SPEC §8 fix) moves on to the next slice; in setting 2 a
-   slice holding an excluded organ (``classmap_1.json``) is replaced by item
+   would make the draw ``[1, 1)`` empty and crash the original) moves on to the next slice; in
+   setting 2 a slice holding an excluded organ (``classmap_1.json``) is replaced by item
    ``randint(0, L - 1)`` (i.e. ``[0, L - 2]``) and checked again, the empty check first;
 3. one id is drawn uniformly from ``[1, max_id)`` and binarised (an absent id gives an empty
    mask, flagged ``empty_mask``; ``redraw_empty_superpix`` redraws among the ids present);
@@ -36,16 +36,16 @@ __all__ = ["SuperpixelDataset", "resolve_slice", "draw_superpixel", "epoch_items
 
 log = logging.getLogger(__name__)
 
-MIN_USABLE_MAX_ID = 2       # SPEC §8: max id 1 is treated like a slice without superpixels
+MIN_USABLE_MAX_ID = 2       # max id 1 is treated like a slice without superpixels
 MAX_REDRAWS = 10_000        # setting-2 replacement draws before giving up (never reached in practice)
-EXCLUSION_CLASSMAP_TP = 1   # SPEC §3: setting 2 excludes by classmap_1.json (any voxel of the organ)
+EXCLUSION_CLASSMAP_TP = 1   # setting 2 excludes by classmap_1.json (any voxel of the organ)
 N_MASK_CLASSES = 2          # binary pseudolabel: background, superpixel
 ORDER_CACHE = 4             # sub-epoch permutations kept in memory
 
 
 def resolve_slice(item: int, max_ids: np.ndarray, excluded: np.ndarray, epoch_len: int,
                   rng: np.random.Generator) -> int:
-    """The slice index that item ``item`` trains on (SPEC §8 "slice sampling", kept).
+    """The slice index that item ``item`` trains on (the original's slice sampling, kept).
 
     Args:
         item: index into the sub-epoch (any non-negative integer).

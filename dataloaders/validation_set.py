@@ -1,6 +1,6 @@
-"""The scans of one validation fold (SPEC.md §1, §6): support and query scans with their labels,
-loaded in the main process (no forked DataLoader workers, so nothing can hang; ``num_workers``
-> 0 reads scans in that many threads).
+"""The scans of one validation fold (docs/method.md, 'Validation protocol'): support and query
+scans with their labels, loaded in the main process (no forked DataLoader workers, so nothing
+can hang; ``num_workers`` > 0 reads scans in that many threads).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["ValidationSet", "choose_support_ids", "load_validation_set", "read_r
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SUPPORT_IDX = (-1,)      # SPEC §7 default: the last scan of the validation list
+DEFAULT_SUPPORT_IDX = (-1,)      # the original default: the last scan of the validation list
 
 
 @dataclasses.dataclass
