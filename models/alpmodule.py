@@ -1,4 +1,5 @@
-"""The ALP classifier: adaptive local prototype pooling and scoring (SPEC §4).
+"""The ALP classifier: adaptive local prototype pooling and scoring
+(docs/method.md, 'Model (ALPNet)').
 
 Three modes, all giving one score map per query for one class:
 
@@ -35,9 +36,9 @@ __all__ = ["PROTO_SCALE", "NORM_FLOOR", "GLOBAL_PROTO_EPS", "MODES", "EmptyProto
 
 log = logging.getLogger(__name__)
 
-PROTO_SCALE = 20.0          # similarity temperature (SPEC §4)
-NORM_FLOOR = 1e-4           # L2 norm floor / cosine eps (SPEC §4)
-GLOBAL_PROTO_EPS = 1e-5     # masked average denominator (SPEC §4)
+PROTO_SCALE = 20.0          # similarity temperature
+NORM_FLOOR = 1e-4           # L2 norm floor / cosine eps
+GLOBAL_PROTO_EPS = 1e-5     # masked average denominator
 MODES = ("gridconv", "gridconv+", "mask")
 
 
@@ -78,7 +79,7 @@ def safe_norm(x: torch.Tensor, dim: int = 1, eps: float = NORM_FLOOR) -> torch.T
 
 
 class MultiProtoAsConv(nn.Module):
-    """ALP classifier (name kept from the original, SPEC §7).
+    """ALP classifier (name kept from the original).
 
     Args:
         proto_grid: prototype grid (gh, gw), e.g. ``[8, 8]``.

@@ -1,8 +1,9 @@
-"""ALPNet: ``FewShotSeg``, the few-shot segmenter of SSL-ALPNet (SPEC §4), original interface.
+"""ALPNet: ``FewShotSeg``, the few-shot segmenter of SSL-ALPNet, original interface
+(docs/method.md, 'Model (ALPNet)').
 
 ``FewShotSeg(in_channels=3, pretrained_path=None, cfg=dict)`` and
 ``forward(supp_imgs, fore_mask, back_mask, qry_imgs, isval, val_wsize, show_viz=False)`` are kept
-for compatibility (SPEC §7): users' scripts import them. The state_dict keys are those of the
+for compatibility: users' scripts import them. The state_dict keys are those of the
 original code (``reference/alpnet/state_dict_keys.json`` for ``dlfcn_res101``), so its
 checkpoints load, and ours load in its code.
 
@@ -10,7 +11,7 @@ Extensions:
 
 - Batch size above 1 (the original asserted 1): each batch item is its own episode (its support
   with its query). In ``eval()`` every item's output equals its batch-1 output. In ``train()``
-  the encoder's BatchNorm statistics span all support and query images of the batch (SPEC §8),
+  the encoder's BatchNorm statistics span all support and query images of the batch,
   as they spanned the support and query of one episode in the original.
 - Split inference for validation: ``encode`` once per support, then ``predict_from_features``
   on batches of encoded queries; the result equals ``forward``.
@@ -37,16 +38,17 @@ __all__ = ["FewShotSeg", "EmptyPrototypeError", "DEFAULT_CFG", "BG_PROT_MODE", "
 
 log = logging.getLogger(__name__)
 
-BG_PROT_MODE = "gridconv"       # background: local prototypes only (SPEC §4)
-FG_PROT_MODE = "gridconv+"      # foreground: local + global prototypes (SPEC §4)
-BG_THRESH = 0.95                # pooled-mask threshold of a local prototype (SPEC §4)
-FG_THRESH = 0.95                # ... and of the foreground mode choice (SPEC §4)
-FG_MODE_POOL = 4                # foreground mode choice: 4 x 4 average pooling (SPEC §4)
-IGNORE_INDEX = 255              # support label outside both masks (SPEC §4)
+BG_PROT_MODE = "gridconv"       # background: local prototypes only
+FG_PROT_MODE = "gridconv+"      # foreground: local + global prototypes
+BG_THRESH = 0.95                # pooled-mask threshold of a local prototype
+FG_THRESH = 0.95                # ... and of the foreground mode choice
+FG_MODE_POOL = 4                # foreground mode choice: 4 x 4 average pooling
+IGNORE_INDEX = 255              # support label outside both masks
 CLS_NAMES = ("grid_proto",)
 
-# cfg keys of the original ``model`` dict (SPEC §7) plus init_weights; defaults of SPEC §7,
-# except align=False (the original default when no cfg is given) and cls_name (fix, SPEC §8).
+# cfg keys of the original ``model`` dict plus init_weights, with the original defaults
+# (docs/method.md, 'Config keys') except align=False (the original default when no cfg is
+# given) and cls_name (the original default None failed an assertion).
 DEFAULT_CFG: dict[str, Any] = {
     "align": False,
     "use_coco_init": True,
@@ -124,7 +126,7 @@ class FewShotSeg(nn.Module):
             supp_fts: Sh x Bs x C x H' x W' support features (``encode`` of the shots).
             fore_mask, back_mask: Sh x Bs x H x W support masks at image size (float/0-1).
             qry_fts: Bq x C x H' x W' query features.
-            val_wsize: validation pooling window (SPEC §4: 2).
+            val_wsize: validation pooling window (2 in the protocol).
             img_size: (H, W) of the logits.
             isval: validation pooling (``val_wsize``); False uses the training window.
             Bs is 1 (one support for every query: prototypes computed once) or Bq (one each).
@@ -142,7 +144,7 @@ class FewShotSeg(nn.Module):
 
     @staticmethod
     def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Bilinear resize (align_corners=False, SPEC §8) of ... x H x W masks to ... x h x w."""
+        """Bilinear resize (align_corners=False, as the original) of ... x H x W masks to ... x h x w."""
         lead = masks.shape[:-2]
         flat = masks.reshape(-1, 1, *masks.shape[-2:]).float()
         out = F.interpolate(flat, size=tuple(size), mode="bilinear")
@@ -154,14 +156,14 @@ class FewShotSeg(nn.Module):
                 back_mask: Sequence[Sequence[torch.Tensor]],
                 qry_imgs: Sequence[torch.Tensor], isval: bool, val_wsize: int | None,
                 show_viz: bool = False) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor]:
-        """One batch of episodes (kept for compatibility, SPEC §7).
+        """One batch of episodes (kept for compatibility).
 
         Args:
             supp_imgs: way(1) x shot x [Bs x 3 x H x W] support images.
             fore_mask, back_mask: way(1) x shot x [Bs x H x W] support masks.
             qry_imgs: 1 x [B x 3 x H x W] query images (one query per episode).
             isval: validation pooling window ``val_wsize`` instead of the training one.
-            val_wsize: that window (SPEC §4: 2).
+            val_wsize: that window (2 in the protocol).
             show_viz: also return the raw prototype similarities.
             Bs is B (each query its support) or 1 (one support for all queries).
         Returns:
@@ -294,9 +296,9 @@ class FewShotSeg(nn.Module):
     def _alignment_loss(self, qry_fts: torch.Tensor, scores: torch.Tensor,
                         supp_fts: torch.Tensor, fore_mask: torch.Tensor,
                         back_mask: torch.Tensor) -> torch.Tensor:
-        """PANet prototype alignment (SPEC §4): segment each support with the query's predicted
-        masks as "support"; cross-entropy against the support label (1 in the fg mask, 0 in the
-        bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
+        """PANet prototype alignment (docs/method.md, 'Model (ALPNet)'): segment each support with
+        the query's predicted masks as "support"; cross-entropy against the support label (1 in the
+        fg mask, 0 in the bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
 
         Args: qry_fts B x C x H' x W'; scores B x 2 x H' x W' (before upsampling); supp_fts
         Sh x Bs x C x H' x W'; fore_mask, back_mask Sh x Bs x H x W.

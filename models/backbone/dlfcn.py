@@ -1,4 +1,5 @@
-"""Dilated-FCN encoders: a ResNet with output stride 8 plus the 1x1 ``localconv`` (SPEC §4).
+"""Dilated-FCN encoders: a ResNet with output stride 8 plus the 1x1 ``localconv``
+(docs/method.md, 'Model (ALPNet)').
 
 ``dlfcn_res101`` is torchvision's DeepLabV3-ResNet101 backbone (layer3 and layer4 dilated, a
 256 x 256 input gives 2048 x 32 x 32), followed by ``localconv`` 2048 -> 256 without bias. The
@@ -28,8 +29,8 @@ __all__ = ["FEATURE_CHANNELS", "OUTPUT_STRIDE", "DilatedFCNEncoder", "build_enco
 
 log = logging.getLogger(__name__)
 
-FEATURE_CHANNELS = 256          # localconv output channels (SPEC §4)
-OUTPUT_STRIDE = 8               # 256 x 256 -> 32 x 32 (SPEC §4)
+FEATURE_CHANNELS = 256          # localconv output channels
+OUTPUT_STRIDE = 8               # 256 x 256 -> 32 x 32
 ASPP_RATES = (12, 24, 36)       # torchvision DeepLabHead (unused head, kept for the keys)
 N_VOC_CLASSES = 21              # torchvision COCO DeepLabV3 heads (only their shapes matter)
 UNUSED_KEYS = ("localconv.weight", "asppconv.weight")   # never in torchvision weight files

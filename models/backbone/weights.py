@@ -6,7 +6,7 @@ torchvision itself would use), put there by ``python -m util.fetch_weights`` on 
 internet. A missing file stops the run before training with ``MissingWeightsError`` naming the
 path searched and that command (STYLE §4).
 
-``init_weights`` (SPEC §4, new key): ``coco`` = torchvision's COCO DeepLabV3 weights (backbone and
+``init_weights`` (new key): ``coco`` = torchvision's COCO DeepLabV3 weights (backbone and
 ASPP head), ``imagenet`` = torchvision's ImageNet ResNet weights for the backbone (what the 2019
 torchvision loaded when ``use_coco_init=False``), ``random`` = nothing loaded. ``None`` follows
 the original switch ``use_coco_init`` (True -> coco, False -> imagenet).
