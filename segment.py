@@ -1,4 +1,4 @@
-"""Segment your own scans from one labelled example (issue 7): a trained (or original) ALPNet
+"""Segment your own scans from one labelled example (docs/segment.md): a trained (or original) ALPNet
 checkpoint, one support scan with its label, query scans in; masks in each query's own grid and
 orientation, PNG overlays and a CSV of organ volumes out.
 

@@ -1,4 +1,4 @@
-"""Training entry point (SPEC.md §7): ``python3 training.py with key=value ...``.
+"""Training entry point (docs/training.md): ``python3 training.py with key=value ...``.
 
 Wiring only: check the config, join the distributed launch (torchrun/srun) if any, and call
 ``util.trainer.train``. Rank 0 alone owns the Sacred run directory, logs and snapshots.

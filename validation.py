@@ -1,4 +1,4 @@
-"""Validation entry point (SPEC.md §6, §7): ``python3 validation.py with key=value ...``.
+"""Validation entry point (docs/validation.md): ``python3 validation.py with key=value ...``.
 
 Wiring only: check the config, join the distributed launch (torchrun/srun) if any, validate every
 snapshot of ``reload_model_path`` with ``util.evaluate.run_validation``, print the Dice table.

@@ -1,8 +1,8 @@
-"""One validation run (SPEC.md §6): fold scans, every snapshot asked for, the Roy et al. protocol
+"""One validation run (docs/validation.md): fold scans, every snapshot asked for, the Roy et al. protocol
 with query slices split over ranks, metrics logged under the original Sacred names, predictions
 and figures written by rank 0.
 
-Defined behaviour where the original crashed (SPEC §8 'missing organ'):
+Defined behaviour where the original crashed (docs/method.md, 'Validation protocol'):
 - a support scan without a test organ: ``OrganMissingError`` naming the scan and organ;
 - a query scan without a test organ: that (scan, organ) pair is skipped with a warning (no
   prediction file, NaN in the raw tables, left out of the class and overall means).
@@ -41,7 +41,7 @@ __all__ = ["EvalOptions", "SnapshotResult", "resolve_snapshots", "build_model",
 
 log = logging.getLogger(__name__)
 
-PRED_DIR = "interm_preds"               # SPEC §6 (kept for compatibility)
+PRED_DIR = "interm_preds"               # kept for compatibility
 RAW_PRED_DIR = "interm_preds_raw"       # predictions in the raw scans' grids (new)
 FIGURE_DIR = "figures"
 PRED_NAME = "scan_{sid}_label_{c}.nii.gz"
@@ -49,7 +49,7 @@ PRED_NAME = "scan_{sid}_label_{c}.nii.gz"
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-    """Protocol settings (SPEC §6, §7 keys ``n_sup_part``, ``z_margin``, ``val_wsize``,
+    """Protocol settings (config keys ``n_sup_part``, ``z_margin``, ``val_wsize``,
     ``val_batch_size``, ``precision``).
 
     ``one_slice_at_a_time`` switches to the original inference: one ``forward`` per query slice
@@ -160,7 +160,7 @@ def _autocast(device: torch.device, precision: str):
 def evaluate_snapshot(model: torch.nn.Module, vset: ValidationSet, opts: EvalOptions, *,
                       device: torch.device, step: int | None = None, path: Path = Path("."),
                       surface: bool = True) -> SnapshotResult:
-    """Run the protocol of SPEC §6 on every query scan and test organ.
+    """Run the protocol (docs/method.md, 'Validation protocol') on every query scan and test organ.
 
     Each support slice is encoded once per organ and part; each query slice once, in batches of
     ``opts.batch_size``, and scored against every organ. A collective over ranks: every rank
@@ -242,7 +242,7 @@ def evaluate_snapshot(model: torch.nn.Module, vset: ValidationSet, opts: EvalOpt
 # ---------------------------------------------------------------- outputs
 
 def sacred_metrics(res: SnapshotResult) -> dict[str, Any]:
-    """The SPEC §6 metric names (kept for compatibility, the misspelt ones too) and the surface
+    """The original metric names (kept for compatibility, the misspelt ones too) and the surface
     metrics beside them, as plain Python values."""
     out: dict[str, Any] = {}
     for key, table, mean_key, raw_key in (
@@ -339,10 +339,10 @@ def run_directory(run: Any) -> Path | None:
 
 def run_validation(config: Mapping[str, Any], *, device: torch.device, run: Any = None,
                    out_dir: Path | None = None) -> list[SnapshotResult]:
-    """Validate every snapshot of ``reload_model_path`` on fold ``eval_fold`` (SPEC §6).
+    """Validate every snapshot of ``reload_model_path`` on fold ``eval_fold``.
 
     Args:
-        config: the Sacred config (SPEC §7 keys).
+        config: the Sacred config (docs/method.md, 'Config keys').
         device: this rank's device (``DistInfo.device``).
         run: the Sacred run for ``log_scalar`` (rank 0; None: nothing logged).
         out_dir: run folder for predictions and figures (rank 0; None: nothing written).

@@ -1,7 +1,7 @@
 """Segmentation metrics: confusion counts by array counting, the original ``Metric`` accumulator
-(SPEC.md §6 and the metric rows of §8), and surface distances (HD95, ASSD) in millimetres.
+(docs/method.md, 'Validation protocol'), and surface distances (HD95, ASSD) in millimetres.
 
-Counting rules of the original validation, kept (SPEC §6, §8):
+Counting rules of the original validation, kept:
 - ``record(pred, target, labels=[c])`` takes binary maps: the value at position ``j`` of
   ``[0] + labels`` (0 or 1) is scored as label ``labels[j - 1]`` (0: background). With
   ``labels=None`` the maps hold label values ``0..max_label``.
@@ -34,7 +34,7 @@ __all__ = ["IGNORE_INDEX", "HD_PERCENTILE", "confusion_counts", "dice_from_count
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255      # SPEC §5: ignored target value
+IGNORE_INDEX = 255      # ignored target value
 HD_PERCENTILE = 95.0    # STYLE §5: HD95 = max of the two directed 95th percentiles
 TP, FP, FN = 0, 1, 2    # column order of the count arrays
 
@@ -153,7 +153,7 @@ def reduce_raw(raw: np.ndarray, valid: np.ndarray | None = None
 
 
 class Metric:
-    """Per-scan TP/FP/FN accumulator with the original interface (kept for compatibility, SPEC §7).
+    """Per-scan TP/FP/FN accumulator with the original interface (kept for compatibility).
 
     ``counts`` is an int64 array ``n_scans x (max_label + 1) x 3``; every ``get_*`` only reduces it,
     so ranks can sum their counts (``counts`` in, :meth:`add_counts`) before computing anything.

@@ -1,4 +1,4 @@
-"""The Roy et al. evaluation protocol (SPEC.md §6) as reusable pieces.
+"""The Roy et al. evaluation protocol (docs/method.md, 'Validation protocol') as reusable pieces.
 
 - Support: the slices of each support scan that hold the organ (``zlist``, ascending) are split
   into ``npart`` parts; part ``i`` uses ``zlist[int(pcts[i] * len(zlist))]`` with
@@ -38,8 +38,8 @@ __all__ = ["VAL_WSIZE", "part_fractions", "support_slice_indices", "organ_slices
 
 log = logging.getLogger(__name__)
 
-VAL_WSIZE = 2           # SPEC §6: pooling window of the local prototypes in validation
-N_CHANNELS = 3          # SPEC §3: the single-channel slice is repeated to 3 channels
+VAL_WSIZE = 2           # pooling window of the local prototypes in validation
+N_CHANNELS = 3          # the single-channel slice is repeated to 3 channels
 
 
 class OrganMissingError(ValueError):
@@ -94,7 +94,7 @@ def organ_z_range(label_hwz: np.ndarray, organ: int) -> tuple[int, int] | None:
 
 def assign_parts(z: Sequence[int] | np.ndarray, z_min: int, z_max: int, npart: int) -> np.ndarray:
     """Part of each query slice: ``int((z - z_min) // ((z_max - z_min) / npart))`` clipped to
-    ``[0, npart - 1]``; 0 everywhere when ``z_min == z_max`` (SPEC §6).
+    ``[0, npart - 1]``; 0 everywhere when ``z_min == z_max``.
 
     Returns:
         int64 array, one part per entry of ``z``.

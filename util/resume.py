@@ -25,7 +25,7 @@ __all__ = ["TrainState", "find_resume_snapshot", "resume_path", "restore_snapsho
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_DIR = "snapshots"     # SPEC §7: <run>/snapshots/<step>.pth
+SNAPSHOT_DIR = "snapshots"     # <run>/snapshots/<step>.pth (docs/training.md, 'Snapshots')
 # keys that decide the episode stream and the model: a change on resume is warned about
 STREAM_KEYS = ("seed", "dataset", "batch_size", "which_aug", "exclude_cls_list", "label_sets",
                "eval_fold", "superpix_scale", "max_iters_per_load", "scan_per_load", "modelname")

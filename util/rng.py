@@ -1,6 +1,6 @@
 """Random number streams of a run: every episode's draws are a pure function of
-(seed, episode index, rank) (SPEC.md §8 "randomness": fix), so resume and DDP are exact and the
-number of DataLoader workers changes nothing.
+(seed, episode index, rank) (the original's numpy streams were unseeded), so resume and DDP
+are exact and the number of DataLoader workers changes nothing.
 
 Global RNG states (torch, Python ``random``) are only used for the model's initial weights; they
 are still saved in snapshots as plain data (lists of ints, tensors) that

@@ -3,7 +3,7 @@
 Finds every Sacred run folder (``config.json`` + ``metrics.json`` holding
 ``mar_val_batches_classDice``) under the given folders, groups the runs by dataset, setting
 (1: ``exclude_cls_list`` empty, 2: not), number of shots and label group, and prints one row per
-dataset and setting with the organs as columns (SPEC §6 table layout): the mean over folds of the
+dataset and setting with the organs as columns (the paper's table layout): the mean over folds of the
 per-organ Dice (x 100), its standard deviation over folds (population, ddof 0) and the number of
 folds. Each organ's value comes from the label group that tests it. The ``Mean`` column is the
 mean of the organ means, as in the paper.

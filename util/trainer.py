@@ -1,4 +1,5 @@
-"""Self-supervised (and supervised-baseline) training of ALPNet (SPEC.md §5, §8; STYLE.md §2).
+"""Self-supervised (and supervised-baseline) training of ALPNet (docs/method.md,
+'Loss and optimisation'; docs/training.md).
 
 Phases are module-level functions with their state passed in: ``build_criterion``/``loss``,
 ``build_optimizer``, ``build_scheduler``, ``train_step`` and the loop ``train``. ``training.py``
@@ -12,7 +13,7 @@ as the reference), the loss is not finite (the run stops, naming the step), a st
 
 Effective batch = ``batch_size`` x world size; the learning rate is not scaled (DDP averages the
 gradients), so one GPU with ``batch_size=1`` is exactly the reference's setting. Each episode's
-support and query form one BatchNorm batch per rank (SPEC §8).
+support and query form one BatchNorm batch per rank, as in the original.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ __all__ = ["WCE_WEIGHTS", "build_criterion", "loss", "build_optimizer", "build_s
 
 log = logging.getLogger(__name__)
 
-WCE_WEIGHTS = (0.05, 1.0)      # SPEC §5: class weights (background, foreground) with use_wce
+WCE_WEIGHTS = (0.05, 1.0)      # class weights (background, foreground) with use_wce
 CURVES_PNG = "loss_curves.png"
 TQDM_MININTERVAL_S = 5.0
 CUBLAS_WORKSPACE = ":4096:8"   # deterministic cuBLAS (PyTorch reproducibility notes)
@@ -60,7 +61,7 @@ def episode_errors() -> tuple[type[BaseException], ...]:
 
 def build_criterion(*, use_wce: bool, ignore_label: int, device: torch.device) -> nn.CrossEntropyLoss:
     """Cross-entropy with weights [0.05, 1.0] (``use_wce``) and ``ignore_index=ignore_label``;
-    PyTorch's weighted mean ``sum(w * l) / sum(w)`` (SPEC §8, kept)."""
+    PyTorch's weighted mean ``sum(w * l) / sum(w)`` (as the original)."""
     weight = torch.tensor(WCE_WEIGHTS, dtype=torch.float32, device=device) if use_wce else None
     return nn.CrossEntropyLoss(weight=weight, ignore_index=int(ignore_label))
 
@@ -80,7 +81,7 @@ def loss(logits: torch.Tensor, labels: torch.Tensor, align_loss: torch.Tensor | 
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD with the config's ``optim`` (lr, momentum, weight_decay) (SPEC §5).
+    """SGD with the config's ``optim`` (lr, momentum, weight_decay).
 
     The fused implementation is used where this torch has it (same update rule; on the CPU the
     per-parameter loop took several times longer than the fused kernel for ResNet-101's 43 M
@@ -97,7 +98,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]) -> torch.optim.lr_scheduler.MultiStepLR:
-    """MultiStepLR at ``lr_milestones`` with ``gamma = lr_step_gamma`` (SPEC §5, §8)."""
+    """MultiStepLR at ``lr_milestones`` with ``gamma = lr_step_gamma``."""
     return torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[int(m) for m in cfg["lr_milestones"]], gamma=float(cfg["lr_step_gamma"]))
 
@@ -179,8 +180,8 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
 
 
 class _Interval:
-    """True means of ``loss``/``align_loss`` over the steps since the last print (SPEC §8 fix),
-    and every step's values of this process for the loss curves."""
+    """True means of ``loss``/``align_loss`` over the steps since the last print (the original
+    divided by ``print_interval`` whatever the count), and every step's values of this process for the loss curves."""
 
     def __init__(self) -> None:
         self.sums, self.n = [0.0, 0.0], 0
@@ -209,7 +210,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
           info: DistInfo, run: Any = None, run_dir: str | Path | None = None,
           experiment_dir: str | Path | None = None,
           model_factory: Callable[[Mapping[str, Any]], nn.Module] | None = None) -> dict[str, Any]:
-    """Train for exactly ``n_steps`` optimizer steps (or until a stop signal), SPEC §5.
+    """Train for exactly ``n_steps`` optimizer steps (or until a stop signal).
 
     Args:
         cfg: the Sacred config (validated by ``util.config_check``).

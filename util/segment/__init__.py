@@ -1,4 +1,4 @@
-"""Segment a user's own scans from one labelled support scan (``segment.py``, issue 7).
+"""Segment a user's own scans from one labelled support scan (``segment.py``; docs/segment.md).
 
 - :mod:`util.segment.inputs`: the request, its pre-flight check (every problem at once);
 - :mod:`util.segment.checkpoint_info`: checkpoints of ours and of the original code;

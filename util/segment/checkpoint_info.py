@@ -26,8 +26,8 @@ __all__ = ["CheckpointInfo", "inspect_checkpoint", "modelname_from_state", "buil
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NPART = 3          # SPEC §6 / §7 n_sup_part
-DEFAULT_VAL_WSIZE = 2      # SPEC §6 val_wsize
+DEFAULT_NPART = 3          # n_sup_part default
+DEFAULT_VAL_WSIZE = 2      # val_wsize default
 LAYER3_BLOCKS = {23: "dlfcn_res101", 6: "dlfcn_res50", 2: "dlfcn_res18"}  # torchvision depths
 ALPNET_PREFIX = "encoder."
 _LAYER3 = re.compile(r"^encoder\.backbone\.layer3\.(\d+)\.")

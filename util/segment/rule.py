@@ -1,9 +1,9 @@
 """Which support part predicts which query slice, with and without a known organ extent.
 
 With a z-range (``--z-range ZMIN ZMAX``) the query slices are assigned to parts exactly as the
-validation protocol does it (SPEC.md §6, ``util.protocol.assign_parts``) and only the slices of
-the range are predicted: on a benchmark scan with its ground-truth range the mask equals the one
-validation scores.
+validation protocol does it (docs/method.md, 'Validation protocol';
+``util.protocol.assign_parts``) and only the slices of the range are predicted: on a benchmark
+scan with its ground-truth range the mask equals the one validation scores.
 
 Without it no ground truth is used. The label-free rule (``extent``, the default):
 

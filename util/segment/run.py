@@ -1,4 +1,5 @@
-"""Segment a user's scans from one labelled support scan (issue 7): the work behind ``segment.py``.
+"""Segment a user's scans from one labelled support scan: the work behind ``segment.py``
+(docs/segment.md).
 
 Per call: the request is checked completely (:func:`util.segment.inputs.preflight`), the network
 is built from the checkpoint, the support scan is brought to the training geometry and its
