@@ -127,7 +127,8 @@ _alpnet_best_snapshot() {  # the highest <step>.pth over the experiment's runs (
     printf '%s' "$best"
 }
 
-_alpnet_args() {  # fill ALPNET_ARGS with the SPEC 7 arguments for fold $1, group $2, scale $3
+# The original launch line's arguments (docs/method.md, 'Experiment interface').
+_alpnet_args() {  # fill ALPNET_ARGS with them for fold $1, group $2, scale $3
     local fold="$1" group="$2" scale="$3" exclu
     exclu="$(_alpnet_exclusion "$group")" || return 2
     ALPNET_ARGS=(

@@ -8,8 +8,9 @@
 #              `python -m data.prepare` (conversion, class index, superpixel pseudolabels)
 # 3. training: self-supervised on superpixels (`training.py with quickstart`); training reads a
 #              folder holding only the images and superpixels: no label of any scan
-# 4. validation: 1-shot (SPEC.md section 6) of the untrained network (snapshot 0, the weights
-#              training started from) and of the trained one, on the held-out scans of fold 0
+# 4. validation: 1-shot (docs/method.md, 'Validation protocol') of the untrained network
+#              (snapshot 0, the weights training started from) and of the trained one, on the
+#              held-out scans of fold 0
 # 5. a table of per-organ Dice before/after, the run folders and the figures written there
 #
 # What differs from the paper's configuration, and why: the named config `quickstart` in

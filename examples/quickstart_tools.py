@@ -30,7 +30,7 @@ __all__ = ["training_view", "newest_run", "init_snapshot", "dice_by_step", "befo
 log = logging.getLogger(__name__)
 
 TRAINING_FILE_KINDS = ("image", "superpix", "fgmask")   # what superpixel training may read
-DICE_METRIC = "mar_val_batches_classDice"               # SPEC §6 Sacred name, one value per test label
+DICE_METRIC = "mar_val_batches_classDice"               # original Sacred name, one value per test label
 INITIAL_STEP = 0
 BEFORE_AFTER_DIR = "before_after"                       # <val run>/before_after/<figure>.png
 

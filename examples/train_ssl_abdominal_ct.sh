@@ -6,7 +6,7 @@
 #   DRY_RUN=1 FOLDS=0 examples/train_ssl_abdominal_ct.sh n_steps=1000
 set -euo pipefail
 DATASET="${DATASET:-SABS_Superpix}"
-SUPP_ID="${SUPP_ID:-[6]}"                 # the last scan of each fold's validation list (SPEC 7)
-declare -A EXCLU_BY_GROUP=([0]='[2,3]' [1]='[1,6]')   # setting 2: the group's test organs (SPEC 1)
+SUPP_ID="${SUPP_ID:-[6]}"                 # the last scan of each fold's validation list
+declare -A EXCLU_BY_GROUP=([0]='[2,3]' [1]='[1,6]')   # setting 2: the group's test organs (docs/method.md)
 source "$(dirname "${BASH_SOURCE[0]}")/launch_lib.sh"
 alpnet_main train "$@"
