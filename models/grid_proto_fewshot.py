@@ -4,7 +4,7 @@
 ``FewShotSeg(in_channels=3, pretrained_path=None, cfg=dict)`` and
 ``forward(supp_imgs, fore_mask, back_mask, qry_imgs, isval, val_wsize, show_viz=False)`` are kept
 for compatibility: users' scripts import them. The state_dict keys are those of the
-original code (``reference/alpnet/state_dict_keys.json`` for ``dlfcn_res101``), so its
+original code (``tests/fixtures/alpnet/state_dict_keys.json`` for ``dlfcn_res101``), so its
 checkpoints load, and ours load in its code.
 
 Extensions:

@@ -1,4 +1,5 @@
-"""Checkpoints: reading, ALPNet weight loading, snapshots for resume (STYLE §2).
+"""Checkpoints: reading, ALPNet weight loading, snapshots for resume (docs/training.md,
+'Snapshots').
 
 A snapshot is a dict with fixed keys, written atomically by rank 0::
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_KEYS = ("model", "optimizer", "lr_scheduler", "step", "rng", "config", "version")
-SNAPSHOT_NAME = re.compile(r"^(\d+)\.pth$")          # '<step>.pth' (STYLE §2)
+SNAPSHOT_NAME = re.compile(r"^(\d+)\.pth$")          # '<step>.pth'
 DDP_PREFIX = "module."
 ALPNET_KEY_PREFIX = "encoder."                      # every FewShotSeg key (reference keys)
 MAX_NAMED_KEYS = 20                                 # keys listed in one error message

@@ -35,7 +35,7 @@ __all__ = ["IGNORE_INDEX", "HD_PERCENTILE", "confusion_counts", "dice_from_count
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255      # ignored target value
-HD_PERCENTILE = 95.0    # STYLE §5: HD95 = max of the two directed 95th percentiles
+HD_PERCENTILE = 95.0    # HD95 = max of the two directed 95th percentiles
 TP, FP, FN = 0, 1, 2    # column order of the count arrays
 
 
@@ -242,7 +242,7 @@ class Metric:
         return out + (prec[4], rec[4]) if give_raw else out
 
 
-# ---------------------------------------------------------------- surface distances (STYLE §5)
+# ---------------------------------------------------------------- surface distances
 
 def check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     """Spacing as ``ndim`` positive floats in array axis order (a scalar applies to every axis).

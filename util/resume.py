@@ -1,4 +1,4 @@
-"""Resume (STYLE.md §2): which snapshot to continue from, and restoring model, optimizer,
+"""Resume (docs/training.md, 'Resume'): which snapshot to continue from, and restoring model, optimizer,
 scheduler and the episode stream from it.
 
 ``resume=True`` takes the snapshot with the highest step among the experiment's run

@@ -1,4 +1,4 @@
-"""Stop requests by signal (STYLE.md §3 project rule): SIGUSR1 (Slurm's ``--signal`` warning
+"""Stop requests by signal (docs/training.md, 'Signals'): SIGUSR1 (Slurm's ``--signal`` warning
 before the time limit) and SIGTERM only set a flag; the training loop checks it after each step,
 the ranks agree, rank 0 saves a snapshot and every rank exits cleanly.
 """

@@ -4,7 +4,7 @@
 ``dlfcn_res101`` is torchvision's DeepLabV3-ResNet101 backbone (layer3 and layer4 dilated, a
 256 x 256 input gives 2048 x 32 x 32), followed by ``localconv`` 2048 -> 256 without bias. The
 DeepLabV3 ASPP head (``aspp_out``) and ``asppconv`` are built but never used, so that the
-state_dict keys are exactly those of the original code (``reference/alpnet/state_dict_keys.json``)
+state_dict keys are exactly those of the original code (``tests/fixtures/alpnet/state_dict_keys.json``)
 and its checkpoints load.
 
 Smaller encoders with the same structure, for CPU demos: ``dlfcn_res50`` (torchvision's

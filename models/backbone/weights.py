@@ -4,7 +4,7 @@ Compute nodes have no internet, so a run never downloads: the weights must alrea
 torch hub cache (``torch.hub.get_dir()/checkpoints/<file name of torchvision's URL>``, the file
 torchvision itself would use), put there by ``python -m util.fetch_weights`` on a machine with
 internet. A missing file stops the run before training with ``MissingWeightsError`` naming the
-path searched and that command (STYLE §4).
+path searched and that command (docs/training.md, 'Pretrained weights').
 
 ``init_weights`` (new key): ``coco`` = torchvision's COCO DeepLabV3 weights (backbone and
 ASPP head), ``imagenet`` = torchvision's ImageNet ResNet weights for the backbone (what the 2019

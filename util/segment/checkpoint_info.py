@@ -4,8 +4,8 @@ ALPNet, which encoder it holds, and the settings its training run recorded.
 Checkpoints of the original code are a bare state_dict (no config): the encoder is recognised
 from the number of residual blocks in ``layer3`` of its keys (torchvision ResNets: 23 blocks for
 ResNet-101, 6 for ResNet-50, 2 for ResNet-18). Our snapshots carry the run's ``config``
-(``model``, ``n_sup_part``, ``val_wsize``, ``dataset``), which is used when present (STYLE §1:
-config travels as data).
+(``model``, ``n_sup_part``, ``val_wsize``, ``dataset``), which is used when present (the
+configuration travels as data, never parsed from a file name).
 """
 from __future__ import annotations
 

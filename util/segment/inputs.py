@@ -1,6 +1,6 @@
 """The request of ``segment.py`` and its pre-flight check: every input is read or probed and every
 problem collected and raised once, before the network is built or anything is written
-(STYLE §4).
+(docs/segment.md, 'Inputs and outputs').
 """
 from __future__ import annotations
 
