@@ -5,7 +5,7 @@
 ``patientN_C0.nii.gz`` and ``patientN_C0_manual.nii.gz``; the output id is N. Images without a
 manual label (the challenge's unlabelled cases) are skipped with a warning.
 
-Choices (documented in ``data/datasets/C0.json5`` and the README):
+Choices (documented in ``data/datasets/C0.json5`` and docs/method.md, 'Preprocessing'):
 - labels: 0 BG, 1 LV-BP (500), 2 LV-MYO (200), 3 RV (600), the paper's order;
 - array orientation as stored (short-axis slices; no reorientation);
 - intensities clipped above the 99.5th percentile (as CHAOS) and rescaled to 0..255 by the

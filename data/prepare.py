@@ -1,5 +1,5 @@
 """All data steps in one go: conversion of the raw download, class-slice index, superpixel
-pseudolabels (the command the README shows).
+pseudolabels (docs/data.md, 'Prepare').
 
 ``python -m data.prepare --dataset NAME --raw DIR --out OUT [--jobs N]``
 

@@ -16,7 +16,8 @@ Without it no ground truth is used. The label-free rule (``extent``, the default
    would assign it to (``assign_parts`` over the estimate), outside it is background.
 
 The rule ``max`` stops after step 2 (every slice, no extent); it is kept for comparison.
-The README reports the Dice of both against the protocol's on the real CHAOS scans.
+docs/segment.md, 'Measured on the real CHAOS scans', reports the Dice of both against the
+protocol's.
 """
 from __future__ import annotations
 
