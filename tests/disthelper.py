@@ -2,7 +2,7 @@
 
 ``run_ranks(fn, *args)`` spawns ``world_size`` processes, sets the launcher's variables in each
 (torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` or Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/
-``SLURM_LOCALID``, plus ``MASTER_ADDR``/``MASTER_PORT`` on a free port), calls ``fn(*args)`` and
+``SLURM_LOCALID`` and the srun step's ``SLURM_STEP_ID``/``SLURM_STEP_NUM_TASKS``, plus ``MASTER_ADDR``/``MASTER_PORT`` on a free port), calls ``fn(*args)`` and
 sends its return value back. ``fn`` must be a module-level function (pickled by name) and its
 result picklable. A rank that raises fails the whole call with that rank's traceback; the other
 ranks (possibly blocked in a collective) are terminated. Children use one thread each: the CI
@@ -26,7 +26,8 @@ POLL_S = 0.5
 # fork: the children inherit the imported torch (seconds saved per test on 2 cores); spawn elsewhere
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() and sys.platform == "linux" else "spawn"
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
-               "SLURM_LOCALID", "SLURM_NODEID", "MASTER_ADDR", "MASTER_PORT")
+               "SLURM_LOCALID", "SLURM_NODEID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NUM_TASKS",
+               "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
 
 
 def free_port() -> int:
@@ -46,7 +47,8 @@ def rank_env(rank: int, world_size: int, port: int, launcher: str = "torchrun") 
         env = {}
     elif launcher == "slurm":
         env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world_size), SLURM_LOCALID=str(rank),
-                   SLURM_NODEID="0")
+                   SLURM_NODEID="0", SLURM_STEP_ID="0", SLURM_STEPID="0",
+                   SLURM_STEP_NUM_TASKS=str(world_size))
     else:
         raise ValueError(f"launcher must be 'torchrun', 'slurm' or 'none', got {launcher!r}")
     return env

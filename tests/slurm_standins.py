@@ -1,10 +1,13 @@
-"""Stand-ins for Slurm's ``srun``, ``scontrol``, ``scancel`` and Lmod's ``module``, written into a
+"""Stand-ins for Slurm's ``srun``, ``scontrol``, ``scancel``, ``sbcast`` and Lmod's ``module``, written into a
 folder that tests put first on ``PATH``, so that the real text of ``examples/frontier/*.sbatch``
 runs on one CPU machine.
 
 ``srun [options] cmd...`` starts ``-n`` tasks locally (``-N`` nodes, ``--ntasks-per-node``), each
-with ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``/``SLURM_NODEID`` set, forwards USR1/TERM
-to them, and exits with the first non-zero task status. Every call of every stand-in is appended
+with ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``/``SLURM_NODEID`` and the step's
+``SLURM_STEP_ID``/``SLURM_STEPID``/``SLURM_STEP_NUM_TASKS`` set (step ids count from 0 per job, as
+Slurm's), forwards USR1/TERM to them, and exits with the first non-zero task status. With
+``--kill-on-bad-exit=1`` (or ``-K1``) the first task that exits non-zero gets the others
+terminated (SIGTERM), as Slurm does. Every call of every stand-in is appended
 to ``$STANDIN_DIR/calls.jsonl``. With ``STANDIN_RECORD=python3``, a step whose command starts
 with ``python3`` is not run: each task appends its command and Slurm/rendezvous variables to
 ``$STANDIN_DIR/tasks.jsonl`` and, with ``STANDIN_TASK_WAIT=<s>``, waits up to that long for USR1.
@@ -17,9 +20,11 @@ from pathlib import Path
 
 __all__ = ["write_standins", "TASK_ENV_VARS"]
 
-TASK_ENV_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "MASTER_ADDR",
-                 "MASTER_PORT", "NCCL_SOCKET_IFNAME", "NCCL_NET_GDR_LEVEL", "NCCL_CROSS_NIC",
-                 "FI_MR_CACHE_MONITOR", "MIOPEN_USER_DB_PATH", "MIOPEN_CUSTOM_CACHE_DIR")
+TASK_ENV_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_STEP_ID",
+                 "SLURM_STEP_NUM_TASKS", "SLURM_CPUS_PER_TASK", "MASTER_ADDR", "MASTER_PORT",
+                 "NCCL_SOCKET_IFNAME", "NCCL_NET_GDR_LEVEL", "NCCL_CROSS_NIC", "FI_MR_CACHE_MONITOR",
+                 "CXI_FORK_SAFE", "CXI_FORK_SAFE_HP", "MIOPEN_USER_DB_PATH", "MIOPEN_CUSTOM_CACHE_DIR",
+                 "SSL_ALPNET_CUDNN_BENCHMARK", "VIRTUAL_ENV")
 
 _LOG = '''
 import json, os, sys
@@ -32,13 +37,19 @@ _SRUN = _LOG + '''
 import signal, subprocess, time
 TASK_ENV_VARS = %(vars)r
 args = sys.argv[1:]
+with open(os.path.join(os.environ["STANDIN_DIR"], "calls.jsonl"), "a+") as f:
+    f.seek(0)
+    step_id = sum(1 for line in f if '"tool": "srun"' in line)   # this job's srun steps so far
 log_call("srun", args)
 opts, i = {}, 0
+kill_on_bad_exit = False
 with_value = {"-N": "nodes", "-n": "ntasks", "-c": "cpus", "--nodes": "nodes", "--ntasks": "ntasks",
               "--ntasks-per-node": "per_node", "--cpus-per-task": "cpus"}
 while i < len(args) and args[i].startswith("-"):
     a = args[i]
-    if "=" in a:
+    if a in ("--kill-on-bad-exit=1", "--kill-on-bad-exit", "-K1", "-K"):
+        kill_on_bad_exit = True
+    elif "=" in a:
         key, value = a.split("=", 1)
         if key in with_value:
             opts[with_value[key]] = int(value)
@@ -54,7 +65,10 @@ record = os.environ.get("STANDIN_RECORD")
 procs = []
 for r in range(ntasks):
     env = dict(os.environ, SLURM_PROCID=str(r), SLURM_NTASKS=str(ntasks), SLURM_LOCALID=str(r %% per_node),
-               SLURM_NODEID=str(r // per_node), SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NNODES=str(nodes))
+               SLURM_NODEID=str(r // per_node), SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NNODES=str(nodes),
+               SLURM_STEP_ID=str(step_id), SLURM_STEPID=str(step_id))
+    if "cpus" in opts:
+        env["SLURM_CPUS_PER_TASK"] = str(opts["cpus"])
     if record and cmd and cmd[0] == record:
         task = [sys.executable, "-c", RECORD_TASK, json.dumps(cmd)]
     else:
@@ -68,7 +82,14 @@ def forward(signum, frame):
             p.send_signal(signum)
 signal.signal(signal.SIGUSR1, forward)
 signal.signal(signal.SIGTERM, forward)
-codes = [p.wait() for p in procs]
+codes = [None] * len(procs)
+while None in codes:
+    for k, p in enumerate(procs):
+        if codes[k] is None and p.poll() is not None:
+            codes[k] = p.returncode
+            if codes[k] != 0 and kill_on_bad_exit:
+                forward(signal.SIGTERM, None)
+    time.sleep(0.02)
 os.remove(os.path.join(os.environ["STANDIN_DIR"], "tasks-%%d.pids" %% os.getpid()))
 bad = [c for c in codes if c != 0]
 sys.exit(bad[0] if bad else 0)
@@ -110,6 +131,14 @@ _MODULE = _LOG + '''
 log_call("module", sys.argv[1:])
 '''
 
+_SBCAST = _LOG + '''
+import shutil
+log_call("sbcast", sys.argv[1:])
+src, dst = [a for a in sys.argv[1:] if not a.startswith("-")][-2:]
+os.makedirs(os.path.dirname(dst), exist_ok=True)
+shutil.copy2(src, dst)          # every "node" shares this machine's file system
+'''
+
 
 def write_standins(folder: Path) -> Path:
     """Write the stand-ins into ``folder`` (created) and return it; put it first on PATH and set
@@ -118,7 +147,7 @@ def write_standins(folder: Path) -> Path:
     record = _RECORD_TASK % {"vars": TASK_ENV_VARS}
     sources = {
         "srun": (_SRUN % {"vars": TASK_ENV_VARS}).replace("RECORD_TASK, ", f"{record!r}, "),
-        "scontrol": _SCONTROL, "scancel": _SCANCEL, "module": _MODULE,
+        "scontrol": _SCONTROL, "scancel": _SCANCEL, "module": _MODULE, "sbcast": _SBCAST,
     }
     for name, body in sources.items():
         path = folder / name

@@ -33,24 +33,74 @@ def test_torchrun_variables(clean_env):
     assert D.launch_rank() == 5
 
 
+def _setenv(mp, **values: str) -> None:
+    for var, value in values.items():
+        mp.setenv(var, value)
+
+
 def test_slurm_variables(clean_env):
-    clean_env.setenv("SLURM_PROCID", "11")
-    clean_env.setenv("SLURM_NTASKS", "16")
-    clean_env.setenv("SLURM_LOCALID", "3")
+    # a task of `srun -n 16` in a job allocated 32 tasks: the step's count is the world size
+    _setenv(clean_env, SLURM_PROCID="11", SLURM_NTASKS="32", SLURM_STEP_NUM_TASKS="16", SLURM_LOCALID="3",
+            SLURM_STEP_ID="2", SLURM_STEPID="2", SLURM_JOB_ID="777")
     assert D.launcher_name() == "slurm"
     assert D._launch_env() == (11, 16, 3)     # local rank from SLURM_LOCALID, not 11 % n_gpus
 
 
 def test_slurm_single_task_is_one_process(clean_env):
-    clean_env.setenv("SLURM_PROCID", "0")
-    clean_env.setenv("SLURM_NTASKS", "1")
-    clean_env.setenv("SLURM_LOCALID", "0")
+    _setenv(clean_env, SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_STEP_NUM_TASKS="1", SLURM_LOCALID="0",
+            SLURM_STEP_ID="0")
     assert D.launcher_name() == "none"
     assert D.init_distributed(0, force_cpu=True).backend is None
 
 
+# What `sbatch -n 8` gives the batch script itself (the batch step is not a rank): no step id
+# (current Slurm), or a reserved id (4294967291 = batch script, 4294967294 = NO_VAL of old
+# releases, 4294967290 = salloc's interactive step), or a step name
+@pytest.mark.parametrize("step_id", [None, "4294967291", "4294967294", "4294967290", "batch", "extern"],
+                         ids=["unset", "batch-script-id", "no-val", "interactive", "name-batch", "name-extern"])
+def test_batch_script_is_one_process(clean_env, step_id):
+    _setenv(clean_env, SLURM_JOB_ID="4242", SLURM_PROCID="0", SLURM_NTASKS="8", SLURM_LOCALID="0",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
+    if step_id is not None:
+        _setenv(clean_env, SLURM_STEP_ID=step_id, SLURM_STEPID=step_id)
+    assert D.srun_step_id() is None
+    assert D.launcher_name() == "none" and D.launch_rank() == 0
+    # a bare `python3 training.py` in the script: one process, no init_process_group (would block)
+    assert D.init_distributed(0, force_cpu=True) == D.DistInfo(0, 1, 0, torch.device("cpu"), None)
+    assert not D.is_dist()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"SLURM_STEP_ID": "0"}, 0),
+    ({"SLURM_STEPID": "17"}, 17),                 # the older name alone
+    ({"SLURM_STEP_ID": "4294967279"}, 4294967279),  # 0xffffffef: the last id below the reserved ones
+    ({"SLURM_STEP_ID": "4294967280"}, None),
+    ({"SLURM_STEP_ID": ""}, None),
+    ({}, None),
+])
+def test_srun_step_id(env, expected):
+    assert D.srun_step_id(env) == expected
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"MASTER_PORT": "3442", "SLURM_JOB_ID": "1234567"}, 3442),   # given: kept
+    ({"SLURM_JOB_ID": "1234567"}, 20000 + 4567),                  # 20000 + id % 10000
+    ({"SLURM_JOB_ID": "1234568"}, 20000 + 4568),                  # the next job: another port
+    ({"SLURM_JOB_ID": "30000"}, 20000),
+    ({"MASTER_PORT": ""}, None),
+    ({}, None),
+])
+def test_rendezvous_port(env, expected):
+    assert D.rendezvous_port(env) == expected
+
+
+def test_rendezvous_port_rejects_non_integers():
+    with pytest.raises(ValueError, match="SLURM_JOB_ID='12_3'"):
+        D.rendezvous_port({"SLURM_JOB_ID": "12_3"})
+
+
 def test_torchrun_inside_srun_uses_torchrun_values(clean_env):
-    for var, value in {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1",
+    for var, value in {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
                        "RANK": "6", "WORLD_SIZE": "16", "LOCAL_RANK": "6"}.items():
         clean_env.setenv(var, value)
     assert D._launch_env() == (6, 16, 6)
@@ -58,9 +108,7 @@ def test_torchrun_inside_srun_uses_torchrun_values(clean_env):
 
 @pytest.mark.parametrize("missing", ["MASTER_ADDR", "MASTER_PORT"])
 def test_missing_rendezvous_variable_is_named(clean_env, missing):
-    clean_env.setenv("SLURM_PROCID", "0")
-    clean_env.setenv("SLURM_NTASKS", "2")
-    clean_env.setenv("SLURM_LOCALID", "0")
+    _setenv(clean_env, SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_STEP_ID="0")
     clean_env.setenv("MASTER_ADDR", "127.0.0.1")
     clean_env.setenv("MASTER_PORT", "29999")
     clean_env.delenv(missing)
@@ -70,6 +118,7 @@ def test_missing_rendezvous_variable_is_named(clean_env, missing):
 
 
 def test_malformed_variables_are_named(clean_env):
+    clean_env.setenv("SLURM_STEP_ID", "0")
     clean_env.setenv("SLURM_PROCID", "first")
     clean_env.setenv("SLURM_NTASKS", "2")
     with pytest.raises(ValueError, match="SLURM_PROCID='first'"):
@@ -106,7 +155,6 @@ def test_single_process_helpers_are_identities(clean_env):
     assert D.wrap_ddp(model, info) is model and D.unwrap(model) is model
     t = torch.tensor([3, 4], dtype=torch.int64)
     assert D.all_reduce_sum(t) is t and t.tolist() == [3, 4]
-    assert D.any_rank_flag(True) is True and D.any_rank_flag(False) is False
     assert D.broadcast_object({"a": 1}) == {"a": 1}
 
 
@@ -125,7 +173,6 @@ def _collectives_body() -> dict:
         "info": (info.rank, info.world_size, info.local_rank, str(info.device), info.backend),
         "helpers": (D.is_dist(), D.get_rank(), D.get_world_size(), D.is_main_process()),
         "counts": counts.tolist(), "dtype": str(counts.dtype),
-        "flag_one": D.any_rank_flag(r == 1), "flag_none": D.any_rank_flag(False),
         "broadcast": D.broadcast_object(f"from rank {r}"),
         "grad": D.unwrap(model).weight.grad.tolist(),
         "unwrapped_keys": sorted(D.unwrap(model).state_dict()),
@@ -140,7 +187,6 @@ def test_two_gloo_ranks(launcher):
         assert res["helpers"] == (True, rank, 2, rank == 0)
         # sum over ranks: [[1+2, 0+10], [2^41, 0]], exact in int64
         assert res["counts"] == [[3, 10], [2**41, 0]] and res["dtype"] == "torch.int64"
-        assert res["flag_one"] is True and res["flag_none"] is False
         assert res["broadcast"] == "from rank 0"
         # d/dw (w.x)^2 = 2 (w.x) x; w=(1,-1): rank 0 x=(1,2) -> -2*(1,2); rank 1 x=(3,5) -> -4*(3,5)
         # DDP averages: ((-2-12)/2, (-4-20)/2) = (-7, -12)
@@ -157,3 +203,30 @@ def _fails_on_rank_one() -> int:
 def test_helper_reports_a_failing_rank():
     with pytest.raises(RuntimeError, match="rank 1 of 2 failed:(.|\n)*rank one broke"):
         run_ranks(_fails_on_rank_one, timeout=60)
+
+
+def _port_body() -> tuple:
+    info = D.init_distributed(0, force_cpu=True)
+    return info.rank, info.world_size, D.rendezvous_port(), D.all_reduce_sum(torch.ones(1)).item()
+
+
+def _free_derived_port() -> int:
+    """A job id whose derived port (PORT_BASE + id % PORT_SPAN) is free now."""
+    import socket
+    for job_id in range(1, D.PORT_SPAN):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", D.PORT_BASE + job_id))
+            except OSError:
+                continue
+            return job_id
+    raise RuntimeError("no free port in the derived range")
+
+
+def test_two_srun_ranks_meet_on_the_port_of_the_job_id():
+    """srun ranks without MASTER_PORT rendezvous on PORT_BASE + SLURM_JOB_ID % PORT_SPAN."""
+    job_id = _free_derived_port() + 3 * D.PORT_SPAN
+    out = run_ranks(_port_body, launcher="slurm", extra_env={"MASTER_PORT": "", "SLURM_JOB_ID": str(job_id)},
+                    timeout=60)
+    port = D.PORT_BASE + job_id % D.PORT_SPAN
+    assert out == [(0, 2, port, 2.0), (1, 2, port, 2.0)]

@@ -1,9 +1,13 @@
 """Distributed helpers on ``torch.distributed``; every helper degrades to one process.
 
 A distributed launch is detected from torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` or from
-Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` (with ``MASTER_ADDR``/``MASTER_PORT``
-exported by the batch script, as ``examples/frontier/train.sbatch`` does). Otherwise the run is a
-single process, exactly as before. Each rank uses the GPU of its local rank (``SLURM_LOCALID`` or
+the variables ``srun`` sets for each task of a job step: ``SLURM_STEP_ID`` (a real step, not the
+batch script's own step), ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``. The
+batch script itself also carries ``SLURM_PROCID=0`` and, with ``sbatch -n``, ``SLURM_NTASKS``:
+a bare ``python3 training.py`` there is one process, not rank 0 of N. Otherwise the run is a
+single process. The rendezvous is ``MASTER_ADDR`` with ``MASTER_PORT``, or, under srun without
+``MASTER_PORT``, a port derived from ``SLURM_JOB_ID`` (:func:`rendezvous_port`; the sbatch
+scripts export the same one). Each rank uses the GPU of its local rank (``SLURM_LOCALID`` or
 ``LOCAL_RANK``, not ``rank % device_count``), or device 0 when the launcher made one GPU visible
 per task (``srun --gpus-per-task=1``); without a GPU, the CPU with ``gloo``.
 
@@ -15,7 +19,7 @@ import dataclasses
 import inspect
 import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -23,14 +27,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["DistInfo", "init_distributed", "launch_rank", "launcher_name", "select_device", "is_dist",
-           "get_rank", "get_world_size", "is_main_process", "barrier", "all_reduce_sum", "any_rank_flag",
-           "broadcast_object", "wrap_ddp", "unwrap", "cleanup"]
+           "get_rank", "get_world_size", "is_main_process", "barrier", "all_reduce_sum", "broadcast_object",
+           "wrap_ddp", "unwrap", "cleanup", "rendezvous_port", "srun_step_id", "PORT_BASE", "PORT_SPAN"]
 
 log = logging.getLogger(__name__)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
-RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
+SLURM_STEP_VARS = ("SLURM_STEP_ID", "SLURM_STEPID")   # srun sets both (the second: old name)
+# Slurm's reserved step ids (slurm.h): pending 0xfffffffd, extern 0xfffffffc, batch script
+# 0xfffffffb, interactive 0xfffffffa, and NO_VAL 0xfffffffe (the batch step of old releases).
+# Real srun steps count up from 0; every id from here on names one of those special steps.
+SLURM_FIRST_RESERVED_STEP = 0xFFFFFFF0
+# MASTER_PORT when srun starts the ranks without one: PORT_BASE + SLURM_JOB_ID % PORT_SPAN, a
+# port per job (below the Linux ephemeral range 32768-60999), the same one the sbatch scripts export
+PORT_BASE = 20000
+PORT_SPAN = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +81,7 @@ def _env_int(name: str) -> int | None:
 
 
 def _launch_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) from torchrun or Slurm variables, or None (one process).
+    """(rank, world_size, local_rank) from torchrun or srun variables, or None (one process).
 
     torchrun wins when both are present (``srun torchrun`` sets both; torchrun's are the ones that
     describe this process). A Slurm step of one task is a single process.
@@ -80,7 +92,7 @@ def _launch_env() -> tuple[int, int, int] | None:
     launched = _launcher()
     if launched is None:
         return None
-    names = TORCHRUN_VARS if launched == "torchrun" else SLURM_VARS
+    names = TORCHRUN_VARS if launched == "torchrun" else (SLURM_VARS[0], _slurm_size_var(), SLURM_VARS[2])
     rank, world_size = _env_int(names[0]), _env_int(names[1])
     local_rank = _env_int(names[2]) or 0
     assert rank is not None and world_size is not None  # guaranteed by _launcher
@@ -90,12 +102,57 @@ def _launch_env() -> tuple[int, int, int] | None:
     return rank, world_size, local_rank
 
 
+def srun_step_id(environ: Mapping[str, str] | None = None) -> int | None:
+    """The id of the srun job step this process is a task of; None outside one.
+
+    None for a process of the batch script (``SLURM_STEP_ID`` unset, or one of Slurm's reserved
+    ids such as the batch step's 4294967291 / 4294967294, or a name such as ``batch``), of the
+    interactive or extern step, and outside Slurm.
+    """
+    env = os.environ if environ is None else environ
+    for var in SLURM_STEP_VARS:
+        value = (env.get(var) or "").strip()
+        if value:
+            if not value.isdigit():
+                return None                     # "batch", "extern", "interactive"
+            step = int(value)
+            return step if step < SLURM_FIRST_RESERVED_STEP else None
+    return None
+
+
+def _slurm_size_var() -> str:
+    """``SLURM_STEP_NUM_TASKS`` (this step's tasks); ``SLURM_NTASKS`` where a launcher lacks it."""
+    return SLURM_VARS[1] if _env_int(SLURM_VARS[1]) is not None else "SLURM_NTASKS"
+
+
 def _launcher() -> str | None:
     if _env_int("RANK") is not None and _env_int("WORLD_SIZE") is not None:
         return "torchrun"
-    ntasks = _env_int("SLURM_NTASKS")
+    if srun_step_id() is None:
+        return None                             # the batch script, salloc's shell, no Slurm
+    ntasks = _env_int(_slurm_size_var())
     if _env_int("SLURM_PROCID") is not None and ntasks is not None and ntasks > 1:
         return "slurm"
+    return None
+
+
+def rendezvous_port(environ: Mapping[str, str] | None = None) -> int | None:
+    """``MASTER_PORT``; else, inside a Slurm job, ``PORT_BASE + SLURM_JOB_ID % PORT_SPAN``.
+
+    Two jobs sharing a node then use different ports (unless their ids differ by a multiple of
+    ``PORT_SPAN``). None when neither is set.
+
+    Raises:
+        ValueError: ``MASTER_PORT`` or ``SLURM_JOB_ID`` is not an integer.
+    """
+    env = os.environ if environ is None else environ
+    for var in ("MASTER_PORT", "SLURM_JOB_ID"):
+        value = (env.get(var) or "").strip()
+        if not value:
+            continue
+        if not value.isdigit():
+            raise ValueError(f"environment variable {var}={value!r} is not an integer")
+        return int(value) if var == "MASTER_PORT" else PORT_BASE + int(value) % PORT_SPAN
     return None
 
 
@@ -157,13 +214,16 @@ def init_distributed(gpu_id: int | None = 0, *, force_cpu: bool = False) -> Dist
         device = torch.device("cpu") if force_cpu else select_device(gpu_id)
         return DistInfo(0, 1, 0, device, None)
     rank, world_size, local_rank = env
-    for var in RENDEZVOUS_VARS:
-        if not os.environ.get(var):
+    launcher = launcher_name()
+    addr = os.environ.get("MASTER_ADDR")
+    port = rendezvous_port() if launcher == "slurm" else _env_int("MASTER_PORT")
+    for var, value in (("MASTER_ADDR", addr), ("MASTER_PORT", port)):
+        if not value:
             raise RuntimeError(
-                f"distributed launch detected ({launcher_name()}: rank {rank} of {world_size}) but {var} "
+                f"distributed launch detected ({launcher}: rank {rank} of {world_size}) but {var} "
                 "is not set: export MASTER_ADDR (the first node's host name) and MASTER_PORT (a free "
-                "port) before srun, as examples/frontier/train.sbatch does; for a single process, "
-                "run without srun/torchrun (or unset SLURM_NTASKS)")
+                "port; under srun, SLURM_JOB_ID gives one) before srun, as "
+                "examples/frontier/train.sbatch does; for a single process, run without srun/torchrun")
     use_gpu = torch.cuda.is_available() and not force_cpu
     device = select_device(None, local_rank) if use_gpu else torch.device("cpu")
     backend = "nccl" if use_gpu else "gloo"
@@ -171,10 +231,14 @@ def init_distributed(gpu_id: int | None = 0, *, force_cpu: bool = False) -> Dist
         kwargs: dict[str, Any] = {}
         if use_gpu and "device_id" in inspect.signature(dist.init_process_group).parameters:
             kwargs["device_id"] = device   # torch >= 2.3: eager NCCL/RCCL communicator on this GPU
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+        # torchrun's agent may host the store at MASTER_PORT already: env:// knows; a port derived
+        # here is passed explicitly (nothing here writes os.environ)
+        host = f"[{addr}]" if ":" in str(addr) else addr
+        init = "env://" if os.environ.get("MASTER_PORT") else f"tcp://{host}:{port}"
+        dist.init_process_group(backend=backend, init_method=init, rank=rank,
                                 world_size=world_size, **kwargs)
-        log.info("process group: %s, %d ranks, backend %s, rank 0 at %s:%s", launcher_name(), world_size,
-                 backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+        log.info("process group: %s, %d ranks, backend %s, rank 0 at %s:%s", launcher, world_size,
+                 backend, addr, port)
     return DistInfo(rank, world_size, local_rank, device, backend)
 
 
@@ -207,18 +271,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_rank_flag(flag: bool, device: torch.device | None = None) -> bool:
-    """True on every rank when ``flag`` is true on any rank (all-reduce MAX).
-
-    A collective: every rank must call it at the same point (e.g. after each step).
-    """
-    if not is_dist():
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device or torch.device("cpu"))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
