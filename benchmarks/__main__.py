@@ -1,8 +1,13 @@
 """``python -m benchmarks [--quick] [NAME ...]``: run every benchmark and print one table.
 
-Each module of this package exposes ``run(quick: bool = False) -> dict`` with the keys
-``name``, ``ratio``, ``target`` (a string such as ``">= 2x"``) and ``details``; quick mode only
-checks that the benchmark still runs (the test suite uses it), its numbers mean nothing.
+Each benchmark runs the original way and ours on the same inputs, alternating in one process,
+times both warm and compares their outputs. Each module of this package exposes
+``run(quick: bool = False) -> dict`` returning a row (``benchmarks.common``): ``name``, ``what``,
+``ratio`` (wall time of the original way over ours), ``target``, ``agree`` (the outputs were
+the same), ``check`` (what was compared) and ``details``. The table shows each row's agreement
+check (ok / FAILED); the command exits with 1 when any check failed. Quick mode (the test suite)
+runs small inputs: the checks hold, the ratios mean little. Rows that need the real CHAOS scans
+say "skipped" with the reason when ``$ALPNET_CHAOS_DIR`` does not name them.
 """
 from __future__ import annotations
 
@@ -15,7 +20,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import load_note
+
 BENCHMARKS = ("pseudolabels", "metric", "validation", "train_step", "segment", "ddp_scaling")
+REAL_DATA_BENCHMARKS = ("validation",)      # rows skipped (with the reason) without the real scans
+AGREEMENT = {True: "ok", False: "FAILED", None: "not run"}
 
 
 def machine() -> str:
@@ -41,13 +50,14 @@ def collect(names: list[str], quick: bool) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table: what, ratio, target, machine."""
-    lines = ["| benchmark | what | ratio | target | machine |", "|---|---|---|---|---|"]
+    """Markdown table: what, ratio, target, agreement check, machine."""
+    lines = ["| benchmark | what | ratio | target | agreement | machine |", "|---|---|---|---|---|---|"]
     host = machine()
     for r in rows:
         ratio = r.get("ratio")
         ratio_s = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else str(ratio)
-        lines.append(f"| {r['name']} | {r.get('what', '')} | {ratio_s} | {r.get('target', '')} | {host} |")
+        lines.append(f"| {r['name']} | {r.get('what', '')} | {ratio_s} | {r.get('target', '')} | "
+                     f"{AGREEMENT[r.get('agree')]} | {host} |")
     return "\n".join(lines)
 
 
@@ -60,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if not (Path(__file__).parent / f"{n}.py").exists()]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    load = load_note()
     rows = collect(names, args.quick)
-    print(f"# Benchmarks ({time.strftime('%Y-%m-%d')}, {machine()}{', quick mode' if args.quick else ''})")
+    print(f"# Benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, {machine()}, {load} at the start"
+          f"{', quick mode' if args.quick else ''})")
     print(table(rows))
     for r in rows:
-        if r.get("details"):
-            print(f"\n{r['name']}: {r['details']}")
+        print(f"\n{r['name']}: agreement {AGREEMENT[r.get('agree')]} ({r.get('check', '')}); {r.get('details', '')}")
+    failed = [r["name"] for r in rows if r.get("agree") is False]
+    if failed:
+        print(f"\nFAILED agreement check: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,13 +15,9 @@ import time
 from typing import Any, Callable
 
 __all__ = ["Timings", "alternate", "row", "skipped_row", "load_note", "print_row", "exit_code",
-           "DisagreementError", "REAL_DATA_ABSENT", "real_chaos_dir"]
+           "REAL_DATA_ABSENT", "real_chaos_dir", "real_data_reason"]
 
 REAL_DATA_ABSENT = "real CHAOS scans absent"   # the only reason a row may be skipped
-
-
-class DisagreementError(AssertionError):
-    """The two paths of a benchmark gave different outputs."""
 
 
 @dataclasses.dataclass
@@ -73,10 +69,12 @@ def row(name: str, what: str, ratio: float, target: str, agree: bool, check: str
             "check": check, "details": f"{details}; {load_note()}"}
 
 
-def skipped_row(name: str, what: str, target: str, missing: Any) -> dict:
-    """The row of a real-data benchmark when the real scans are absent."""
+def skipped_row(name: str, what: str, target: str) -> dict:
+    """The row of a real-data benchmark when the real scans are absent (the reason says why)."""
+    from benchmarks.common import real_data_reason
+
     return {"name": name, "what": what, "ratio": "skipped", "target": target, "agree": None,
-            "check": "not run", "details": f"{REAL_DATA_ABSENT}: {missing}"}
+            "check": "not run", "details": f"{REAL_DATA_ABSENT}: {real_data_reason()}"}
 
 
 def print_row(res: dict) -> None:
@@ -93,14 +91,15 @@ def exit_code(res: dict) -> int:
 
 
 def real_chaos_dir():
-    """The folder of the preprocessed real CHAOS T2 scans (``tests.realdata.chaos_dir``), or
-    None when they are absent."""
-    from pathlib import Path
+    """The folder of the preprocessed real CHAOS MR scans (``$ALPNET_CHAOS_DIR``, see
+    ``tests/realdata.py``), or None when they are not available."""
+    from tests.realdata import chaos_dir
 
-    try:
-        from tests.realdata import chaos_dir
-    except ImportError:
-        from tests.refnet import REAL_DATA as found
-    else:
-        found = chaos_dir()
-    return Path(found) if found is not None and Path(found).is_dir() else None
+    return chaos_dir()
+
+
+def real_data_reason() -> str:
+    """Why the real scans are not available (for a skipped row)."""
+    from tests.realdata import chaos_skip_reason
+
+    return chaos_skip_reason()

@@ -5,21 +5,35 @@ at the same steps/s give N x the episodes). Target on the CPU: >= 1.5x with 2 ra
 cores (this machine's cores are shared, so expect less while others compute).
 
 Each measurement runs ``util.trainer.train_step`` (forward, weighted cross-entropy + alignment
-loss, backward with DDP's gradient all-reduce, SGD step) on synthetic episodes, in fresh
-spawned processes, after warm-up steps; the single process uses all cores (or one GPU), the
-ranks split them (the single process is also measured with one thread: the ratio uses the
-faster of the two). ``python -m benchmarks.ddp_scaling [--quick]``
+loss, backward with DDP's gradient all-reduce, SGD step) in fresh spawned processes, after
+warm-up steps; the single process uses all cores (or one GPU), the ranks split them (the single
+process is also measured with one thread: the ratio uses the faster of the two). The 1-process
+and 2-rank runs alternate (1, 2, 1, 2, ... in full mode).
+
+Sizes: ResNet-18 (``dlfcn_res18``) on 128 x 128 slices on the CPU (quick mode: 64 x 64, one
+warm-up and one timed step), ResNet-101 on 256 x 256 on GPUs; a 1-way 1-shot episode whose
+support and query are both an ``hw/2`` x ``hw/2`` bright square on uniform noise, the square in
+the top-left corner of both. Every rank trains the same episode, so DDP's average of the ranks'
+gradients equals the single process's gradient: the weights after the run must agree with the
+single process's (per-tensor sums within a float tolerance; the run fails otherwise).
+
+``python -m benchmarks.ddp_scaling [--quick]``
 """
 from __future__ import annotations
 
+import argparse
+import math
 import multiprocessing as mp
 import os
 import socket
+import statistics
 import sys
 import time
 from typing import Any
 
 import torch
+
+from benchmarks.common import exit_code, print_row, row
 
 TARGET = 1.5
 CPU_MODEL, GPU_MODEL = "dlfcn_res18", "dlfcn_res101"
@@ -32,9 +46,9 @@ def _free_port() -> int:
 
 
 def _episode(hw: int, device: torch.device, seed: int) -> dict[str, Any]:
-    """One synthetic 1-way 1-shot episode in the trainer's batch layout (B = 1): a bright square
-    organ on noise covering the top-left pooling cells (so that local prototypes exist), support
-    and query of different sizes."""
+    """One synthetic 1-way 1-shot episode in the trainer's batch layout (B = 1): support and
+    query are ``hw`` x ``hw`` uniform noise (different draws) with a bright ``hw/2`` x ``hw/2``
+    square organ in the top-left corner (so that local prototypes exist)."""
     g = torch.Generator().manual_seed(seed)
     imgs, masks = [], []
     for size in (hw // 2, hw // 2):
@@ -72,7 +86,7 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
         sched = build_scheduler(opt, cfg)
         net = wrap_ddp(model, info)
         crit = build_criterion(use_wce=True, ignore_label=255, device=info.device)
-        episode = _episode(hw, info.device, seed=rank)
+        episode = _episode(hw, info.device, seed=0)       # the same on every rank
 
         def step() -> None:
             train_step(net, episode, opt, sched, criterion=crit, device=info.device)
@@ -90,7 +104,7 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
         barrier()
         elapsed = time.perf_counter() - start
         if rank == 0:
-            results.put(("ok", steps / elapsed))
+            results.put(("ok", (steps / elapsed, fingerprint(model))))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(("error", f"rank {rank}: {type(err).__name__}: {err}"))
         raise
@@ -98,10 +112,26 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
         cleanup()
 
 
+def fingerprint(model: torch.nn.Module) -> list[float]:
+    """Per parameter tensor: its sum and the sum of its absolute values (float64), in order."""
+    out = []
+    for p in model.parameters():
+        d = p.detach().double().cpu()
+        out += [float(d.sum()), float(d.abs().sum())]
+    return out
+
+
+def same_weights(a: list[float], b: list[float], rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Fingerprints equal up to float reordering (different thread counts sum differently)."""
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=rtol, abs_tol=atol) for x, y in zip(a, b))
+
+
 def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, steps: int,
-            timeout: float = 900.0, start_method: str = "spawn", threads: int | None = None) -> float:
+            timeout: float = 900.0, start_method: str = "spawn", threads: int | None = None
+            ) -> tuple[float, list[float]]:
     """Steps per second of ``world`` processes (1: plain single process, no DDP), each with
-    ``threads`` intra-op threads (default: the cores shared out, at most 4 beside a GPU).
+    ``threads`` intra-op threads (default: the cores shared out, at most 4 beside a GPU), and
+    the :func:`fingerprint` of rank 0's weights after the run.
 
     Spawned processes: CUDA-safe, and no OpenMP state inherited from the parent.
     """
@@ -124,35 +154,55 @@ def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, 
                 p.terminate()
     if status != "ok":
         raise RuntimeError(f"benchmarks.ddp_scaling ({world} x {device_kind}): {value}")
-    return float(value)
+    return float(value[0]), value[1]
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, rounds: int | None = None) -> dict:
     hw, warmup, steps = (64, 1, 1) if quick else (128, 3, 10)
     # always spawn: a forked child of a process that already ran OpenMP kernels can hang in
     # its first convolution (seen here in the test suite)
-    start = "spawn"
-    one = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start)
-    # a single process with one thread too: on a shared machine, threads of one process wait
-    # for each other while separate processes each get their share; take the better baseline
-    one_1t = one if quick else measure(1, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start, threads=1)
-    two = measure(2, "cpu", CPU_MODEL, hw, warmup, steps, start_method=start)
+    kw = {"start_method": "spawn"}
+    ones, ones_1t, twos, agree = [], [], [], True
+    for _ in range(rounds or (1 if quick else 2)):              # alternating: 1, 2, 1, 2, ...
+        one, fp_one = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, **kw)
+        if not quick:
+            # a single process with one thread too: on a shared machine, threads of one process
+            # wait for each other while separate processes each get their share
+            ones_1t.append(measure(1, "cpu", CPU_MODEL, hw, warmup, steps, threads=1, **kw)[0])
+        two, fp_two = measure(2, "cpu", CPU_MODEL, hw, warmup, steps, **kw)
+        ones.append(one)
+        twos.append(two)
+        agree = agree and same_weights(fp_one, fp_two)
+    one, two = statistics.median(ones), statistics.median(twos)
+    one_1t = statistics.median(ones_1t) if ones_1t else one
     ratio = 2 * two / max(one, one_1t)
     cores = os.cpu_count() or 1
-    details = (f"CPU {cores} cores, {CPU_MODEL} {hw}x{hw}: 1 process {one:.2f} steps/s ({cores} threads)"
+    details = (f"CPU {cores} cores, {CPU_MODEL} {hw}x{hw}, {steps} timed steps after {warmup}: "
+               f"1 process {one:.2f} steps/s ({cores} threads)"
                + ("" if quick else f", {one_1t:.2f} steps/s (1 thread)")
-               + f"; 2 gloo ranks {two:.2f} steps/s ({2 * two:.2f} episodes/s)")
+               + f"; 2 gloo ranks {two:.2f} steps/s ({2 * two:.2f} episodes/s); medians of {len(ones)} round(s)")
     if torch.cuda.is_available() and not quick:
         n = torch.cuda.device_count()
-        g1 = measure(1, "cuda", GPU_MODEL, 256, 5, 30)
+        g1, fp_g1 = measure(1, "cuda", GPU_MODEL, 256, 5, 30)
         details += f"; GPU {torch.cuda.get_device_name(0)}, {GPU_MODEL} 256x256: 1 GPU {g1:.2f} steps/s"
         if n > 1:
-            gn = measure(n, "cuda", GPU_MODEL, 256, 5, 30)
+            gn, fp_gn = measure(n, "cuda", GPU_MODEL, 256, 5, 30)
+            agree = agree and same_weights(fp_g1, fp_gn, rtol=1e-3, atol=1e-4)
             details += f", {n} GPUs {gn:.2f} steps/s ({n * gn / g1:.2f}x episodes/s)"
-    return {"name": "ddp_scaling", "what": "training episodes/s, 2 gloo ranks vs 1 process (CPU)",
-            "ratio": ratio, "target": f">= {TARGET:g}x on 2 free cores", "details": details}
+    return row("ddp_scaling", "training episodes/s, 2 gloo ranks vs 1 process (CPU)", ratio,
+               f">= {TARGET:g}x on 2 free cores", agree,
+               "weights after the run: 2 ranks (same episode each) = 1 process", details)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ddp_scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="64 x 64, one timed step (smoke test)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 2)")
+    args = p.parse_args(argv)
+    res = run(quick=args.quick, rounds=args.rounds)
+    print_row(res)
+    return exit_code(res)
 
 
 if __name__ == "__main__":
-    res = run(quick="--quick" in sys.argv[1:])
-    print(f"{res['name']}: {res['ratio']:.2f}x (target {res['target']}); {res['details']}")
+    sys.exit(main())

@@ -79,7 +79,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     target = f">= {TARGET:g}x"
     data = real_chaos_dir()
     if data is None:
-        return skipped_row(NAME, what, target, "set ALPNET_CHAOS_DIR")
+        return skipped_row(NAME, what, target)
     vset = load_validation_set(load_card("CHAOST2"), data, fold=0, label_sets=0)
     n_all = len(vset.queries)
     if quick:
