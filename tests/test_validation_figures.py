@@ -1,12 +1,32 @@
-"""util.figures: loss curves and support/query figures are written as PNG files."""
+"""util.figures: loss curves and support/query figures, checked on the pixels of the PNG read
+back: curves drawn in both panels, slices shown in radiological display (a marker at the
+stored scan's anterior, patient-right corner lands at the top left of its panel, with the
+prediction's contour around it)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage
 
-from util.figures import moving_average, plot_loss_curves, plot_support_query
+from util.figures import (DPI, PANEL_IN, moving_average, orientation_caption, plot_loss_curves,
+                          plot_support_query)
+from util.radiological import radiological_orientation
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ORANGE = (255, 127, 14)         # matplotlib's second cycle colour: the moving average
+IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+PUBLISHED = (1, 0, 0, 0, -1, 0, 0, 0, 1)    # the published CHAOS files: rows posterior -> anterior
+SIDE = 32
+MARK = 8                        # marker size in voxels
+
+
+def _rgb(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def _near(rgb: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    return np.all(np.abs(rgb - np.asarray(colour)) <= tol, axis=-1)
 
 
 def test_moving_average_by_hand():
@@ -14,10 +34,14 @@ def test_moving_average_by_hand():
     np.testing.assert_allclose(moving_average([1, 3, 5, np.nan], 2), [1, 2, 4, 5])
 
 
-def test_plot_loss_curves_writes_png(tmp_path):
+def test_plot_loss_curves_draws_both_panels(tmp_path):
     out = plot_loss_curves({"loss": list(np.linspace(1, 0.1, 50)), "align_loss": [0.5] * 50},
                            tmp_path / "curves" / "loss.png")
-    assert out.read_bytes()[:8] == PNG_MAGIC
+    rgb = _rgb(out)
+    assert rgb.shape == (int(2.4 * 2 * DPI), int(6.0 * DPI), 3)      # figsize 6 x (2.4 per metric)
+    rows = np.nonzero(_near(rgb, ORANGE, tol=10).any(axis=1))[0]
+    half = rgb.shape[0] // 2
+    assert rows.size and rows.min() < half <= rows.max()          # a moving average in each panel
     assert [p.name for p in out.parent.iterdir()] == ["loss.png"]        # no temporary left
     with pytest.raises(ValueError, match="no metric"):
         plot_loss_curves({}, tmp_path / "x.png")
@@ -25,11 +49,46 @@ def test_plot_loss_curves_writes_png(tmp_path):
         plot_loss_curves({"loss": [1.0, 2.0]}, tmp_path / "x.png", steps={"loss": [1, 2, 3]})
 
 
-def test_plot_support_query_writes_png(tmp_path):
-    img = np.random.default_rng(0).random((32, 32))
-    mask = np.zeros((32, 32), bool)
-    mask[8:20, 8:20] = True
-    out = plot_support_query([[("s0", img, mask), ("s1", img, mask)]],
-                             [("q0", img, mask, np.roll(mask, 3, axis=0))], "label 2 RK",
+def _panels(rgb: np.ndarray, n: int) -> list[tuple[slice, slice]]:
+    """Bounding boxes of the ``n`` largest black regions (the slices' zero background), top to
+    bottom."""
+    lab, _ = ndimage.label(np.all(rgb < 8, axis=-1))
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    boxes = ndimage.find_objects(lab)
+    return sorted((boxes[i - 1] for i in np.argsort(sizes)[::-1][:n]), key=lambda b: b[0].start)
+
+
+def _in_top_left(mask: np.ndarray, box: tuple[slice, slice]) -> bool:
+    rows, cols = np.nonzero(mask[box])
+    h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+    return bool(rows.size) and rows.max() < h / 2 and cols.max() < w / 2
+
+
+def test_support_query_slices_in_radiological_display(tmp_path):
+    # support stored with identity direction: the anterior, patient-right corner is row 0, col 0;
+    # query stored as the published files: the same corner is the last row, col 0
+    sup_img = np.zeros((SIDE, SIDE))
+    sup_img[:MARK, :MARK] = 1.0
+    sup_mask = sup_img > 0.5
+    qry_img = sup_img[::-1].copy()
+    qry_pred = qry_img > 0.5
+    out = plot_support_query([[("s0", sup_img, sup_mask, IDENTITY)]],
+                             [("q0", qry_img, None, qry_pred, PUBLISHED)], "label 2 RK",
                              tmp_path / "fig.png")
-    assert out.read_bytes()[:8] == PNG_MAGIC
+    rgb = _rgb(out)
+    assert rgb.shape[1] == int(PANEL_IN * DPI)                    # one column: support above query
+    boxes = _panels(rgb, 2)
+    white = np.all(rgb > 245, axis=-1)
+    for box, colour in zip(boxes, [(255, 255, 0), (255, 0, 0)]):        # support yellow, prediction red
+        assert _in_top_left(white, box), f"marker not at the top left of panel {box}"
+        assert _in_top_left(_near(rgb, colour), box), f"contour {colour} not around the marker"
+    assert [p.name for p in out.parent.iterdir()] == ["fig.png"]
+
+
+def test_orientation_caption_names_the_convention():
+    axial = radiological_orientation(PUBLISHED)
+    assert orientation_caption([axial, radiological_orientation(IDENTITY)]) == (
+        "radiological view: anterior at the top, patient's right on the image's left")
+    coronal = radiological_orientation((1, 0, 0, 0, 0, 1, 0, 1, 0))
+    assert "marked" in orientation_caption([axial, coronal])

@@ -3,6 +3,11 @@
 - validation: per test organ, the support slices of every part (organ contour) and, for a query
   scan, one slice per part with the ground-truth and predicted contours;
 - training: the loss curves (raw values and a moving average), :func:`plot_loss_curves`.
+
+Every slice is drawn in the radiological display convention (anterior at the top, the patient's
+right on the image's left for axial slices), turned from the direction matrix of the scan it comes
+from by :func:`util.radiological.to_radiological`, whatever the file's orientation; each panel
+carries the patient sides at its top and left edges, and the figure's title says so.
 """
 from __future__ import annotations
 
@@ -15,18 +20,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from util.io import atomic_path
+from util.radiological import DisplayOrientation, radiological_orientation, to_radiological
 
 if TYPE_CHECKING:
     from dataloaders.validation_set import ValidationSet
     from util.evaluate import SnapshotResult
 
-__all__ = ["plot_loss_curves", "plot_support_query", "validation_figures", "moving_average"]
+__all__ = ["plot_loss_curves", "plot_support_query", "validation_figures", "moving_average",
+           "orientation_caption"]
 
 log = logging.getLogger(__name__)
 
 DPI = 100
 PANEL_IN = 2.6                 # inches per panel
 GT_COLOUR, PRED_COLOUR, SUPPORT_COLOUR = "lime", "red", "yellow"
+SIDE_COLOUR = "deepskyblue"    # the patient-side letters at each panel's top and left edges
+SIDE_WORDS = {"A": "anterior", "P": "posterior", "S": "superior", "I": "inferior",
+              "R": "patient's right", "L": "patient's left"}
 SMOOTH_FRACTION = 0.02         # moving-average window: 2 % of the curve (at least 1 point)
 
 
@@ -38,13 +48,31 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
     return out_png
 
 
-def _panel(ax, image_hw: np.ndarray, title: str, contours: Sequence[tuple[np.ndarray, str]]) -> None:
-    ax.imshow(image_hw, cmap="gray", interpolation="nearest")
+def _panel(ax, image_hw: np.ndarray, title: str, contours: Sequence[tuple[np.ndarray, str]],
+           direction: Sequence[float]) -> DisplayOrientation:
+    """One slice and its mask contours, all turned to radiological display by ``direction``."""
+    orient = radiological_orientation(direction)
+    shown = to_radiological(image_hw, direction)
+    ax.imshow(shown, cmap="gray", interpolation="nearest")
     for mask, colour in contours:
         if np.any(mask) and not np.all(mask):
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
+            ax.contour(to_radiological(mask, direction).astype(np.float32), levels=[0.5],
+                       colors=colour, linewidths=1.0)
+    h, w = shown.shape
+    ax.text(w / 2, 0, orient.top, color=SIDE_COLOUR, fontsize=7, ha="center", va="top")
+    ax.text(0, h / 2, orient.left, color=SIDE_COLOUR, fontsize=7, ha="left", va="center")
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
+    return orient
+
+
+def orientation_caption(orientations: Sequence[DisplayOrientation]) -> str:
+    """The figure-title phrase for the panels' display orientations."""
+    sides = {(o.top, o.left) for o in orientations}
+    if len(sides) == 1:
+        top, left = sides.pop()
+        return f"radiological view: {SIDE_WORDS[top]} at the top, {SIDE_WORDS[left]} on the image's left"
+    return "radiological view (each panel's top and left sides marked)"
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
@@ -88,22 +116,37 @@ def plot_loss_curves(metrics: Mapping[str, Sequence[float]], out_png: str | Path
     return _save(fig, out_png)
 
 
-def plot_support_query(support_rows: Sequence[Sequence[tuple[str, np.ndarray, np.ndarray]]],
-                       query_row: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]],
+SupportPanel = tuple[str, np.ndarray, np.ndarray, Sequence[float]]
+QueryPanel = tuple[str, np.ndarray, "np.ndarray | None", np.ndarray, Sequence[float]]
+
+
+def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row: Sequence[QueryPanel],
                        title: str, out_png: str | Path) -> Path:
-    """A grid: one row per support shot (title, image H x W, organ mask), then the query row
-    (title, image, ground truth or None, prediction)."""
+    """A grid: one row per support shot, then the query row, in radiological display.
+
+    Args:
+        support_rows: per shot, panels (title, image H x W, organ mask H x W, direction).
+        query_row: panels (title, image H x W, ground truth H x W or None, prediction H x W,
+            direction).
+        title: the figure's title; the display convention and the contour colours are added.
+        out_png: the PNG to write (atomically).
+    ``direction`` is the ``GetDirection()`` of the panel's volume, stored as H x W x Z with rows
+    along index axis j (:mod:`util.radiological`).
+    """
     n_cols = max([len(r) for r in support_rows] + [len(query_row), 1])
     n_rows = len(support_rows) + (1 if query_row else 0)
-    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows + 0.4))
+    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows + 0.6))
+    orientations = []
     for r, row in enumerate(support_rows):
-        for k, (name, img, mask) in enumerate(row):
-            _panel(fig.add_subplot(n_rows, n_cols, r * n_cols + k + 1), img, name,
-                   [(mask, SUPPORT_COLOUR)])
-    for k, (name, img, gt, pred) in enumerate(query_row):
+        for k, (name, img, mask, direction) in enumerate(row):
+            orientations.append(_panel(fig.add_subplot(n_rows, n_cols, r * n_cols + k + 1), img, name,
+                                       [(mask, SUPPORT_COLOUR)], direction))
+    for k, (name, img, gt, pred, direction) in enumerate(query_row):
         contours = ([(gt, GT_COLOUR)] if gt is not None else []) + [(pred, PRED_COLOUR)]
-        _panel(fig.add_subplot(n_rows, n_cols, len(support_rows) * n_cols + k + 1), img, name, contours)
-    fig.suptitle(f"{title}  (support: yellow, truth: green, prediction: red)", fontsize=9)
+        orientations.append(_panel(fig.add_subplot(n_rows, n_cols, len(support_rows) * n_cols + k + 1),
+                                   img, name, contours, direction))
+    fig.suptitle(f"{title}  (support: yellow, truth: green, prediction: red)\n"
+                 f"{orientation_caption(orientations)}", fontsize=9)
     fig.tight_layout()
     return _save(fig, out_png)
 
@@ -111,15 +154,16 @@ def plot_support_query(support_rows: Sequence[Sequence[tuple[str, np.ndarray, np
 def validation_figures(res: "SnapshotResult", vset: "ValidationSet", out_dir: str | Path) -> list[Path]:
     """``<out_dir>/label_<c>_<NAME>.png`` per test organ: support slices of every part and shot,
     and one slice per part (the middle of its counted slices) of the first query scan holding the
-    organ."""
+    organ; each slice turned to radiological display by its scan's direction matrix."""
     from util.protocol import assign_parts, organ_z_range
 
+    direction = {scan.scan_id: scan.geometry.GetDirection() for scan in [*vset.support, *vset.queries]}
     out = []
     for c in res.labels:
         support = res.supports[c]
         n_shots = support.parts[0].features.shape[0]
         sup_rows = [[(f"support {part.slices[s][0]} z={part.slices[s][1]} (part {i})",
-                      part.images[s], part.fg[s].cpu().numpy() > 0.5)
+                      part.images[s], part.fg[s].cpu().numpy() > 0.5, direction[part.slices[s][0]])
                      for i, part in enumerate(support.parts)] for s in range(n_shots)]
         query_row = []
         for scan in vset.queries:
@@ -134,7 +178,7 @@ def validation_figures(res: "SnapshotResult", vset: "ValidationSet", out_dir: st
                 if in_part.size:
                     z = int(in_part[in_part.size // 2])
                     query_row.append((f"query {scan.scan_id} z={z} (part {i})", scan.image[..., z],
-                                      scan.label[..., z] == c, pred[z]))
+                                      scan.label[..., z] == c, pred[z], direction[scan.scan_id]))
             break
         name = vset.card.labels[c]
         step = "" if res.step is None else f", step {res.step}"
