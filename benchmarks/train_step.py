@@ -2,6 +2,9 @@
 alignment loss, weighted cross-entropy, backward, SGD, scheduler) against the backbone's own
 forward + backward on the same two images (support + query), alternating in one process.
 Target on the CPU: at most 1.25x (ResNet-101 encoder, 256 x 256, 1-way 1-shot, alignment on).
+An untimed round of each first. Checked (the run fails otherwise): the images the step's encoder
+received equal the backbone's two images (the same work), no step was skipped and every loss
+is finite. The two paths compute different things, so no output is compared.
 
 With a GPU (full mode): episodes per second at batch 1 in fp32 (the original's setting) against
 the best batch size in bf16, same model; target at least 3x; peak GPU memory of each setting.
@@ -10,11 +13,15 @@ the best batch size in bf16, same model; target at least 3x; peak GPU memory of 
 """
 from __future__ import annotations
 
+import argparse
+import math
 import statistics
 import sys
 import time
 
 import torch
+
+from benchmarks.common import exit_code, print_row, row
 
 from util.trainer import build_criterion, build_optimizer, build_scheduler, train_step
 
@@ -23,6 +30,7 @@ __all__ = ["run", "make_episode_batch", "gpu_throughput", "TARGET", "GPU_TARGET"
 TARGET = 1.25           # target: one step at most 1.25x the backbone's forward + backward
 GPU_TARGET = 3.0        # target: best bf16 batch at least 3x the batch-1 fp32 episodes/s
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+_last_losses: list[float] = []       # loss and align_loss of the latest timed step
 OPTIM_CFG = {"optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
              "lr_milestones": [1000], "lr_step_gamma": 0.95}
 
@@ -68,7 +76,9 @@ def _step_time(model, episode, opt, sch, crit, device, precision) -> tuple[float
     res = train_step(model, episode, opt, sch, criterion=crit, device=device, precision=precision,
                      skip_errors=_errors())
     _sync(device)
-    return time.perf_counter() - start, bool(res["skipped"])
+    elapsed = time.perf_counter() - start
+    _last_losses[:] = [res["loss"], res["align_loss"]]
+    return elapsed, bool(res["skipped"])
 
 
 def _backbone_time(model, imgs: torch.Tensor, device: torch.device) -> float:
@@ -119,20 +129,27 @@ def run(quick: bool = False) -> dict:
     crit = build_criterion(use_wce=True, ignore_label=255, device=device)
     ep = make_episode_batch(1, size)
     imgs = torch.cat([ep["support_images"][0][0], ep["query_images"][0]])   # the same two images
+    seen = []
+    hook = model.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
     _step_time(model, ep, opt, sch, crit, device, "fp32")                   # warm-up
+    hook.remove()
     _backbone_time(model, imgs, device)
-    steps, backbone, skipped = [], [], 0
+    steps, backbone, skipped, losses = [], [], 0, []
     for _ in range(repeats):                                                # alternating
         t, was_skipped = _step_time(model, ep, opt, sch, crit, device, "fp32")
         skipped += was_skipped
         steps.append(t)
         backbone.append(_backbone_time(model, imgs, device))
+    losses = [float(v) for v in _last_losses]
+    same_input = len(seen) == 1 and torch.equal(seen[0].float().cpu(), imgs)
+    agree = same_input and skipped == 0 and all(math.isfinite(v) for v in losses)
     ratio = statistics.median(steps) / statistics.median(backbone)
     details = (f"step {statistics.median(steps):.3f} s, backbone fwd+bwd "
                f"{statistics.median(backbone):.3f} s (medians of {repeats}, {name}, {size}x{size}, "
                f"{torch.get_num_threads()} threads, {skipped} step(s) skipped)")
-    out = {"name": "train_step", "what": f"ALPNet training step vs {name} forward+backward, CPU",
-           "ratio": ratio, "target": f"<= {TARGET:g}x", "details": details}
+    out = row("train_step", f"ALPNet training step vs {name} forward+backward, CPU", ratio,
+              f"<= {TARGET:g}x", agree, "the step's encoder input = the backbone's 2 images; no step "
+              f"skipped; losses finite{'' if same_input else ' - encoder input differs'}", details)
     if torch.cuda.is_available() and not quick:
         gpu = gpu_throughput()
         out["gpu"] = gpu
@@ -142,9 +159,17 @@ def run(quick: bool = False) -> dict:
     return out
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="ResNet-18, 64 x 64, one timed round")
+    args = p.parse_args(argv)
+    res = run(quick=args.quick)
+    print_row(res)
+    for r in res.get("gpu", {}).get("rows", []):
+        print(f"  {r['precision']} batch {r['batch']}: {r['episodes_per_s']:.1f} episodes/s, "
+              f"peak {r['peak_gib']:.2f} GiB")
+    return exit_code(res)
+
+
 if __name__ == "__main__":
-    res = run(quick="--quick" in sys.argv[1:])
-    print(f"{res['name']}: {res['ratio']:.2f}x (target {res['target']}); {res['details']}")
-    for row in res.get("gpu", {}).get("rows", []):
-        print(f"  {row['precision']} batch {row['batch']}: {row['episodes_per_s']:.1f} episodes/s, "
-              f"peak {row['peak_gib']:.2f} GiB")
+    sys.exit(main())
