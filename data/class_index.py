@@ -23,8 +23,7 @@ import numpy as np
 
 from data.cards import Card, load_card
 from dataloaders.folds import scan_ids_in
-from dataloaders.niftiio import read_zyx
-from util.io import atomic_write_json
+from util.io import atomic_write_json, read_zyx
 from util.log import setup_logging
 
 __all__ = ["class_slices", "build_classmaps", "write_class_index", "main", "DEFAULT_MIN_TP"]

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from data.cards import Card
 from data.geometry import check_same_grid
 from data.preprocess import preprocess_scan
-from util.io import atomic_write_json, atomic_write_sitk
+from util.io import atomic_write_json, atomic_write_sitk, read_image
 
 __all__ = ["RawCase", "Summary", "Problems", "convert_cases", "read_sitk", "add_convert_args",
            "outputs_of", "check_nifti_pair", "load_nifti_pair"]
@@ -77,17 +77,18 @@ def read_sitk(path: Path, *, header_only: bool = False) -> sitk.Image | sitk.Ima
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: unreadable or corrupt file.
+        ValueError: unreadable file; ``CorruptImageError`` (a ValueError) for a truncated or
+            corrupt one (full reads only: the header alone does not show it).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if not header_only:
+        return read_image(path)          # checked: a truncated or corrupt file is refused
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        if header_only:
-            reader.ReadImageInformation()
-            return reader
-        return reader.Execute()
+        reader.ReadImageInformation()
+        return reader
     except RuntimeError as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
         raise ValueError(f"{path}: not a readable image (corrupt or wrong format: {detail})") from err

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from data.cards import load_card
+from data.cards import Card, load_card
 from data.class_index import DEFAULT_MIN_TP, write_class_index
-from data.pseudolabels import DEFAULT_SCALE, make_pseudolabels
+from data.pseudolabels import DEFAULT_SCALE, make_pseudolabels, pending_scans
+from dataloaders.folds import scan_ids_in
+from util.io import verify_image_files
 from util.log import setup_logging
 
 __all__ = ["prepare", "PrepareSummary", "main", "CONVERTERS"]
@@ -53,6 +55,8 @@ def prepare(dataset: str, raw: Path | None, out: Path, *, scale: str = DEFAULT_S
     Raises:
         ValueError: unknown dataset, or a card without a usable ``raw_format`` when ``raw`` is given.
         FileNotFoundError / ValueError: from the steps (missing or bad input, named).
+        CorruptImageError: a truncated or corrupt scan (named), before the index or the
+            pseudolabels write anything.
     """
     start = time.time()
     card = load_card(dataset)
@@ -69,6 +73,7 @@ def prepare(dataset: str, raw: Path | None, out: Path, *, scale: str = DEFAULT_S
         conv = converter.convert(Path(raw), out, overwrite=overwrite, progress=progress,
                                  dataset=card.name)
         summary.converted, summary.skipped = conv.written, conv.skipped
+    check_inputs(card, out, scale, min_tps, overwrite=overwrite)
     summary.index_files, _, _ = write_class_index(card.name, out, min_tps, overwrite=overwrite,
                                                   progress=progress)
     pseudo = make_pseudolabels(card.name, out, scale, jobs=jobs, overwrite=overwrite,
@@ -76,6 +81,25 @@ def prepare(dataset: str, raw: Path | None, out: Path, *, scale: str = DEFAULT_S
     summary.pseudolabelled = pseudo.written
     summary.seconds = time.time() - start
     return summary
+
+
+def check_inputs(card: Card, out: Path, scale: str, min_tps: Sequence[int], *,
+                 overwrite: bool = False) -> None:
+    """Pre-flight: every label the class index will read and every image still to be
+    pseudolabelled is complete, before either step writes anything (each file is decompressed
+    once; the steps' own reads reuse the check).
+
+    Raises:
+        CorruptImageError: truncated or corrupt files, all named.
+    """
+    ids = scan_ids_in(card, out)
+    inputs: list[Path] = []
+    if overwrite or not all((out / card.file("classmap", min_tp=int(tp))).is_file() for tp in min_tps):
+        labels = [out / card.file("label", id=sid) for sid in ids]
+        inputs += [p for p in labels if p.is_file()]      # a missing label: class_index names it
+    inputs += [out / card.file("image", id=sid)
+               for sid in pending_scans(card, out, scale, ids, overwrite=overwrite)]
+    verify_image_files(inputs, f"prepare {card.name}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

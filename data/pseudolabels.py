@@ -33,11 +33,10 @@ from skimage.segmentation import felzenszwalb
 
 from data.cards import Card, load_card
 from dataloaders.folds import scan_ids_in
-from dataloaders.niftiio import read_zyx
-from util.io import atomic_write_sitk
+from util.io import atomic_write_sitk, read_zyx, verify_image_files
 from util.log import setup_logging
 
-__all__ = ["body_mask", "superpixel_ids", "pseudolabels_of", "make_pseudolabels",
+__all__ = ["body_mask", "superpixel_ids", "pseudolabels_of", "make_pseudolabels", "pending_scans",
            "PseudoSummary", "default_jobs", "main", "DEFAULT_SCALE"]
 
 log = logging.getLogger(__name__)
@@ -122,6 +121,13 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
+def pending_scans(card: Card, data_dir: Path, scale: str, ids: Sequence[int], *,
+                  overwrite: bool = False) -> list[int]:
+    """The scans of ``ids`` whose superpixels or body mask are still to be written."""
+    return [sid for sid in ids if overwrite or not all(
+        (Path(data_dir) / card.file(k, id=sid, scale=scale)).is_file() for k in ("superpix", "fgmask"))]
+
+
 def make_pseudolabels(dataset: str, data_dir: Path, scale: str = DEFAULT_SCALE, *,
                       jobs: int | None = None, overwrite: bool = False, progress: bool = True,
                       scan_ids: Sequence[int] | None = None) -> PseudoSummary:
@@ -130,6 +136,7 @@ def make_pseudolabels(dataset: str, data_dir: Path, scale: str = DEFAULT_SCALE, 
     Raises:
         FileNotFoundError: ``data_dir`` missing or without scans of the card's pattern.
         ValueError: unknown scale (lists the card's scales) or an unreadable image.
+        CorruptImageError: truncated or corrupt images, all named, before anything is written.
     """
     from tqdm import tqdm
 
@@ -141,14 +148,10 @@ def make_pseudolabels(dataset: str, data_dir: Path, scale: str = DEFAULT_SCALE, 
                          f"(scales: {', '.join(card.superpixel)})")
     ids = list(scan_ids) if scan_ids is not None else scan_ids_in(card, data_dir)
     summary = PseudoSummary()
-    todo = []
-    for sid in ids:
-        done = all((data_dir / card.file(k, id=sid, scale=scale)).is_file()
-                   for k in ("superpix", "fgmask"))
-        if done and not overwrite:
-            summary.skipped += 1
-        else:
-            todo.append(sid)
+    todo = pending_scans(card, data_dir, scale, ids, overwrite=overwrite)
+    summary.skipped = len(ids) - len(todo)
+    # pre-flight: a truncated or corrupt image stops the command before anything is written
+    verify_image_files([data_dir / card.file("image", id=sid) for sid in todo], "pseudolabels")
     jobs = max(1, min(jobs or default_jobs(), len(todo) or 1))
     bar = tqdm(total=len(todo), desc=f"{card.name} superpixels", unit="scan", disable=not progress)
     if jobs == 1:

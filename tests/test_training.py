@@ -185,7 +185,8 @@ def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, m
     res, _ = run_train(config(tiny, n_steps=5), tmp_path / "exp" / "1")
     monkeypatch.setattr(trainer, "train_step", real_step)
     assert res["status"] == "stopped" and res["step"] == 2       # stops after the current step
-    assert "resume=True" in res["resume"] and res["snapshot"].endswith("2.pth")
+    assert res["stopped_by"] == "SIGUSR1" and res["resume_from"] == res["snapshot"]
+    assert res["snapshot"].endswith("2.pth") and res["n_steps"] == 5
     done, resumed = run_train(config(tiny, n_steps=5, resume_from=res["snapshot"]), tmp_path / "exp" / "2")
     assert done["status"] == "completed" and done["step"] == 5
     a, b = params_of(full), params_of(resumed)

@@ -18,6 +18,7 @@ import util.trainer as trainer
 from config_ssl_upload import ex
 from tests.tinydata import build_tiny_dataset
 from util.checkpoint import read_snapshot
+from util.signals import TrainingInterrupted
 
 pytestmark = pytest.mark.slow
 
@@ -86,9 +87,15 @@ def test_named_config_run_stopped_by_signal_resumes_bit_identical(tmp_path, monk
         return real_step(*args, **kw)
 
     monkeypatch.setattr(trainer, "train_step", step_then_signal)
-    part = ex.run("main", config_updates={**base, "exp_prefix": "cut"}, named_configs=["chaos_setting2"])
+    with pytest.raises(TrainingInterrupted) as stop:
+        ex.run("main", config_updates={**base, "exp_prefix": "cut"}, named_configs=["chaos_setting2"])
     monkeypatch.setattr(trainer, "train_step", real_step)
-    assert part.status == "COMPLETED" and part.result["status"] == "stopped" and part.result["step"] == 2
+    part = ex.current_run
+    assert part.status == "INTERRUPTED" and stop.value.step == 2 and stop.value.exit_code == 3
+    (cut_dir,) = [d for d in run_dirs(tmp_path / "runs") if "cut" in d.parent.name]
+    assert json.loads((cut_dir / "run.json").read_text(encoding="utf-8"))["status"] == "INTERRUPTED"
+    assert stop.value.snapshot == str(cut_dir / "snapshots" / "2.pth")
+    assert stop.value.command.endswith(f"resume_from={cut_dir.resolve() / 'snapshots' / '2.pth'}")
     rest = ex.run("main", config_updates={**base, "exp_prefix": "cut", "resume": True},
                   named_configs=["chaos_setting2"])
     assert rest.result["status"] == "completed" and rest.result["step"] == 4

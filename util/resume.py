@@ -9,9 +9,10 @@ and the snapshot's ``rng['stream']`` holds the next episode index (failed episod
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -21,14 +22,62 @@ from util.distributed import broadcast_object
 from util.rng import set_rng_states
 
 __all__ = ["TrainState", "find_resume_snapshot", "resume_path", "restore_snapshot", "SNAPSHOT_DIR",
-           "STREAM_KEYS"]
+           "RESUME_KEYS", "MAY_CHANGE", "REFUSED", "resume_policy", "check_resume_config",
+           "restore_schedule"]
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = "snapshots"     # <run>/snapshots/<step>.pth (docs/training.md, 'Snapshots')
-# keys that decide the episode stream and the model: a change on resume is warned about
-STREAM_KEYS = ("seed", "dataset", "batch_size", "which_aug", "exclude_cls_list", "label_sets",
-               "eval_fold", "superpix_scale", "max_iters_per_load", "scan_per_load", "modelname")
+
+MAY_CHANGE, REFUSED = "may change", "refused"
+# What a resumed run may change (docs/training.md, 'Stop and resume'), by config key; nested keys
+# dotted, ``*`` matches any name. A key not listed is refused. Everything that decides the model,
+# the episodes, the loss or the optimizer up to the resume step is refused; the schedule ahead
+# (n_steps, lr_milestones after the resume step), logging, paths, workers and the weights a fresh
+# start would load may change.
+_WEIGHTS = "ignored on resume: the snapshot holds the weights"
+_VAL = "validation only"
+RESUME_KEYS: dict[str, tuple[str, str]] = {
+    "n_steps": (MAY_CHANGE, "the new end of training"),
+    "lr_milestones": (MAY_CHANGE, "only milestones after the resume step (derived from n_steps)"),
+    "save_snapshot_every": (MAY_CHANGE, "snapshot interval"),
+    "print_interval": (MAY_CHANGE, "logging interval"),
+    "num_workers": (MAY_CHANGE, "loader processes: the episodes do not depend on them"),
+    "gpu_id": (MAY_CHANGE, "device choice"),
+    "deterministic": (MAY_CHANGE, "decides whether the continuation is bit-identical"),
+    "precision": (MAY_CHANGE, "arithmetic of the continuation (fp32/bf16)"),
+    "resume": (MAY_CHANGE, "how the snapshot is found"),
+    "resume_from": (MAY_CHANGE, "how the snapshot is found"),
+    "reload_model_path": (MAY_CHANGE, _WEIGHTS), "model.reload_model_path": (MAY_CHANGE, _WEIGHTS),
+    "use_coco_init": (MAY_CHANGE, _WEIGHTS), "model.use_coco_init": (MAY_CHANGE, _WEIGHTS),
+    "init_weights": (MAY_CHANGE, _WEIGHTS), "model.init_weights": (MAY_CHANGE, _WEIGHTS),
+    "exp_prefix": (MAY_CHANGE, "names the run directory"),
+    "exp_str": (MAY_CHANGE, "names the run directory"),
+    "path.*": (MAY_CHANGE, "folders (log_dir, data_dir): the data in them must be the same"),
+    "mode": (MAY_CHANGE, "always 'train' when training"),
+    "support_idx": (MAY_CHANGE, _VAL), "val_wsize": (MAY_CHANGE, _VAL),
+    "n_sup_part": (MAY_CHANGE, _VAL), "val_batch_size": (MAY_CHANGE, _VAL),
+    "save_raw_geometry": (MAY_CHANGE, _VAL), "write_figures": (MAY_CHANGE, _VAL),
+    "z_margin": (MAY_CHANGE, _VAL),
+    "seed": (REFUSED, "decides every episode"),
+    "dataset": (REFUSED, "the training data"),
+    "eval_fold": (REFUSED, "the training scans"),
+    "label_sets": (REFUSED, "the training labels"),
+    "exclude_cls_list": (REFUSED, "the training slices"),
+    "batch_size": (REFUSED, "episodes per step and the episode stream"),
+    "which_aug": (REFUSED, "the episodes"), "input_size": (REFUSED, "the episodes"),
+    "min_fg_data": (REFUSED, "the episodes"), "superpix_scale": (REFUSED, "the episodes"),
+    "max_iters_per_load": (REFUSED, "the episodes"), "scan_per_load": (REFUSED, "the episodes"),
+    "redraw_empty_superpix": (REFUSED, "the episodes"), "task.*": (REFUSED, "the episodes"),
+    "ignore_label": (REFUSED, "the loss"), "use_wce": (REFUSED, "the loss"),
+    "usealign": (REFUSED, "the loss"),
+    "modelname": (REFUSED, "the model"), "clsname": (REFUSED, "the model"),
+    "proto_grid_size": (REFUSED, "the model"), "feature_hw": (REFUSED, "the model"),
+    "model.*": (REFUSED, "the model"),
+    "optim_type": (REFUSED, "the optimizer"), "optim.*": (REFUSED, "the optimizer"),
+    "lr_step_gamma": (REFUSED, "the learning rate already used"),
+}
+MAX_REFUSED_SHOWN = 10
 
 
 def find_resume_snapshot(experiment_dir: str | Path) -> Path | None:
@@ -59,25 +108,106 @@ class TrainState:
         return {"next_episode": self.next_episode, "skipped": self.skipped, "empty": self.empty}
 
 
+def resume_policy(key: str) -> tuple[str, str]:
+    """(MAY_CHANGE | REFUSED, why) of a dotted config key; unlisted keys are refused."""
+    if key in RESUME_KEYS:
+        return RESUME_KEYS[key]
+    for pattern, value in RESUME_KEYS.items():
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern):
+            return value
+    return REFUSED, "not in the resume table"
+
+
+def _flat(cfg: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf; nested dicts are descended into."""
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a snapshot may hold either)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], path: str | Path,
+                        step: int) -> None:
+    """Refuse a resumption whose config changes a key that ``RESUME_KEYS`` refuses.
+
+    ``lr_milestones`` may change only after ``step`` (those up to it decided the learning rate
+    already used). Keys missing on either side (snapshots of older versions) are not compared.
+
+    Raises:
+        ValueError: naming every refused key with its value in the snapshot and now.
+    """
+    now = {k: _plain(v) for k, v in _flat(to_plain(dict(new)))}
+    problems = []
+    for key, was in _flat(old):
+        if key not in now or _plain(was) == now[key]:
+            continue
+        policy, why = resume_policy(key)
+        if policy == REFUSED:
+            problems.append(f"{key}: {was!r} in the snapshot, {now[key]!r} now ({why})")
+    if "lr_milestones" in old and "lr_milestones" in now:
+        before = [int(m) for m in old["lr_milestones"] if int(m) <= step]
+        after = [int(m) for m in now["lr_milestones"] if int(m) <= step]
+        if before != after:
+            problems.append(f"lr_milestones up to step {step}: {before} in the snapshot, {after} now "
+                            "(only milestones after the resume step may change)")
+    if problems:
+        shown = problems[:MAX_REFUSED_SHOWN]
+        more = f"; ... ({len(problems) - len(shown)} more)" if len(problems) > len(shown) else ""
+        raise ValueError(
+            f"{path}: cannot resume with a changed {'; '.join(shown)}{more}. Resume with the "
+            f"snapshot's values, or start a new run from its weights with reload_model_path={path} "
+            "(docs/training.md, 'Stop and resume')")
+
+
+def restore_schedule(scheduler: Any, optimizer: torch.optim.Optimizer,
+                     saved: Mapping[str, Any] | None, step: int) -> None:
+    """Continue the CURRENT config's MultiStepLR at ``step``, not the saved one.
+
+    A scheduler's state_dict holds its milestones: loading it whole would keep the first run's
+    schedule (a run resumed to a longer ``n_steps`` would never decay after the old end). Only the
+    position comes from the snapshot (``last_epoch``: scheduler steps done, = ``step``); the
+    milestones and gamma stay the resumed config's, and every parameter group's learning rate
+    becomes ``base_lr`` times ``gamma`` once per milestone <= position (multiplied in the order
+    ``step()`` does, so the value is bit-identical to an uninterrupted run's).
+    """
+    position = int(saved["last_epoch"]) if saved and "last_epoch" in saved else int(step)
+    passed = sorted((m, n) for m, n in scheduler.milestones.items() if m <= position)
+    scheduler.last_epoch = position
+    scheduler._step_count = position + 1        # torch's count of step() calls (order warning)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        lr = base
+        for _, count in passed:                 # one product per milestone, as step() computes it
+            lr = lr * scheduler.gamma ** count
+        group["lr"] = lr
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]   # get_last_lr()
+
+
 def restore_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             cfg: Mapping[str, Any]) -> TrainState:
-    """Load a snapshot into model, optimizer and scheduler; the state to continue from."""
+                     cfg: Mapping[str, Any]) -> TrainState:
+    """Load a snapshot into model, optimizer and scheduler; the state to continue from.
+
+    The config may differ from the snapshot's only where ``RESUME_KEYS`` allows (else
+    ValueError); the learning-rate schedule is the current config's (``restore_schedule``).
+    """
     obj = load_alpnet_weights(model, path)   # strict; names missing/unexpected keys
     if not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
         raise ValueError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
                          "state): start from them with reload_model_path instead of resuming")
+    step = int(obj["step"])
+    check_resume_config(obj.get("config") or {}, cfg, path, step)
     optimizer.load_state_dict(obj["optimizer"])
-    if obj.get("lr_scheduler") is not None:
-        scheduler.load_state_dict(obj["lr_scheduler"])
+    restore_schedule(scheduler, optimizer, obj.get("lr_scheduler"), step)
     rng = obj.get("rng") or {}
     set_rng_states(rng)
     stream = rng.get("stream") or {}
-    old = obj.get("config") or {}
-    changed = [k for k in STREAM_KEYS if k in old and to_plain(cfg.get(k)) != old[k]]
-    if changed:
-        log.warning("resuming %s with changed %s: the continuation differs from an uninterrupted run",
-                    path, ", ".join(f"{k} ({old[k]!r} -> {cfg.get(k)!r})" for k in changed))
-    step = int(obj["step"])
     log.info("resuming from %s after step %d", path, step)
     return TrainState(step=step, skipped=int(stream.get("skipped", 0)), empty=int(stream.get("empty", 0)),
                       next_episode=int(stream.get("next_episode", step * int(cfg["batch_size"]))),

@@ -1,20 +1,74 @@
 """Stop requests by signal (docs/training.md, 'Signals'): SIGUSR1 (Slurm's ``--signal`` warning
 before the time limit) and SIGTERM only set a flag; the training loop checks it after each step,
-the ranks agree, rank 0 saves a snapshot and every rank exits cleanly.
+the ranks agree, rank 0 saves a snapshot and every rank exits.
+
+A stopped run is not a completed one (docs/training.md, 'Stop and resume'): the entry point
+raises ``TrainingInterrupted``, Sacred records the run as INTERRUPTED, the message holds the
+literal command that resumes it (``resume_command``), and the process exits with
+``EXIT_INTERRUPTED``.
 """
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import signal
 import threading
+from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-__all__ = ["StopFlag", "STOP_SIGNALS"]
+__all__ = ["StopFlag", "STOP_SIGNALS", "EXIT_INTERRUPTED", "TrainingInterrupted", "resume_command",
+           "raise_if_stopped", "RESUME_ARG_KEYS"]
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+EXIT_INTERRUPTED = 3          # exit status of a run stopped by a signal (2: a user error)
+# command-line updates replaced by the resume command's resume_from=<snapshot>
+RESUME_ARG_KEYS = ("resume", "resume_from", "reload_model_path")
+SACRED_WITH = "with"
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"     # set by torchrun in every worker
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request (signal) after saving a snapshot; the run is not complete.
+
+    Derived from KeyboardInterrupt, the class of a stop request: Sacred records the run as
+    ``STATUS`` (INTERRUPTED) and its command-line runner lets it reach the entry point, which
+    exits with ``exit_code``. The message is the resume command.
+    """
+
+    STATUS = "INTERRUPTED"
+
+    def __init__(self, message: str, *, step: int, snapshot: str | None, command: str | None) -> None:
+        super().__init__(message)
+        self.step, self.snapshot, self.command = step, snapshot, command
+        self.exit_code = EXIT_INTERRUPTED
+
+
+def resume_command(argv: Sequence[str], snapshot: str | os.PathLike) -> str:
+    """The command line that continues a stopped run from ``snapshot``, shell-quoted, pasteable.
+
+    ``argv`` is the original command (``sys.orig_argv``: interpreter, options, script, Sacred
+    arguments); its ``resume``/``resume_from``/``reload_model_path`` updates are replaced by
+    ``resume_from=<absolute snapshot path>`` (``with`` is added when absent).
+
+    Example: ``['python3', 'training.py', 'with', 'n_steps=10']`` ->
+    ``python3 training.py with n_steps=10 resume_from=/runs/mySSL_x/1/snapshots/4.pth``.
+    """
+    return shlex.join(_resume_args(argv, snapshot))
+
+
+def _resume_args(argv: Sequence[str], snapshot: str | os.PathLike) -> list[str]:
+    args = list(argv)
+    if SACRED_WITH in args:
+        at = args.index(SACRED_WITH) + 1
+        head, updates = args[:at], args[at:]
+    else:
+        head, updates = args + [SACRED_WITH], []
+    kept = [a for a in updates if a.split("=", 1)[0] not in RESUME_ARG_KEYS]
+    return head + kept + [f"resume_from={Path(snapshot).resolve()}"]
 
 
 class StopFlag:
@@ -55,3 +109,40 @@ class StopFlag:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main: bool,
+                     env: Mapping[str, str] = os.environ) -> None:
+    """After ``util.trainer.train``: raise ``TrainingInterrupted`` when the run was stopped.
+
+    Rank 0 logs the stop and the resume command first (every rank raises, so every rank exits
+    with ``EXIT_INTERRUPTED``). Under torchrun the worker's command line is not the one typed,
+    so the message gives the arguments to pass to the same torchrun command.
+
+    Args:
+        result: what ``train`` returned (``status``, ``step``, ``snapshot``, ``n_steps``,
+            ``stopped_by``).
+        argv: the original command line (``sys.orig_argv``).
+    """
+    if result.get("status") != "stopped":
+        return
+    step, snapshot = int(result["step"]), result.get("snapshot")
+    head = (f"training stopped by {result.get('stopped_by') or 'a stop request'} after step {step}"
+            f" of {result.get('n_steps', '?')}")
+    if snapshot is None:
+        command = None
+        message = (f"{head}; no snapshot was written (no run directory), so it cannot be resumed: "
+                   "run with a file observer (training.py adds one under path.log_dir)")
+    else:
+        command = resume_command(argv, snapshot)
+        if TORCHRUN_ENV in env:
+            args = _resume_args(argv, snapshot)
+            script = next((i for i, a in enumerate(args) if a.endswith(".py")), 0)
+            script_args = shlex.join(args[script:])
+            message = (f"{head}; snapshot {snapshot}. Resume with your torchrun command and these "
+                       f"arguments:\n  {script_args}")
+        else:
+            message = f"{head}; snapshot {snapshot}. Resume with:\n  {command}"
+    if is_main:
+        log.warning("%s", message)
+    raise TrainingInterrupted(message, step=step, snapshot=snapshot, command=command)

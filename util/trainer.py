@@ -221,8 +221,9 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
         experiment_dir: ``<log_dir>/mySSL_<exp_str>`` (searched by ``resume=True``).
         model_factory: builds the model from the config (default ``FewShotSeg``).
     Returns:
-        ``status`` ('completed' | 'stopped'), ``step``, ``snapshot``, skipped and empty-mask
-        episode counts, and the resume hint when stopped.
+        ``status`` ('completed' | 'stopped'), ``step``, ``n_steps``, ``snapshot``, skipped and
+        empty-mask episode counts; when stopped also ``stopped_by`` (the signal) and
+        ``resume_from`` (the snapshot to continue from).
     Raises:
         NonFiniteLossError: a NaN/inf loss (names the step and the last good snapshot).
     """
@@ -353,14 +354,16 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
     result = {"status": "stopped" if stopped else "completed", "step": state.step,
               "snapshot": str(state.last_snapshot) if state.last_snapshot else None,
               "skipped_episodes": state.skipped, "empty_mask_episodes": state.empty,
-              "episodes_drawn": state.next_episode}
+              "episodes_drawn": state.next_episode, "n_steps": n_steps}
     log.info("%d episode(s) skipped (model error), %d trained episode(s) had an empty superpixel mask",
              state.skipped, state.empty)
     if stopped:
-        result["resume"] = (f"rerun the same command with resume=True (newest snapshot of this "
-                            f"experiment) or resume_from={state.last_snapshot}")
-        log.warning("stopped by %s after step %d of %d; snapshot %s. To resume, %s", stopped,
-                    state.step, n_steps, state.last_snapshot, result["resume"])
+        # the entry point turns this into an INTERRUPTED run and prints the resume command
+        # (util.signals.raise_if_stopped)
+        result.update(stopped_by=stopped, resume_from=result["snapshot"])
+        log.info("stopped by %s after step %d of %d; snapshot %s (resume_from=<it>, or resume=True "
+                 "for the newest snapshot of the experiment)", stopped, state.step, n_steps,
+                 state.last_snapshot)
     if run is not None:
         run.info["training"] = dict(result)
     return result
