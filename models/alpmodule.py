@@ -20,19 +20,27 @@ softmax (-inf), which gives the same values (to float rounding) without a loop o
 
 A ``gridconv`` support without any cell above ``thresh`` has no prototype: the reference then
 crashed (and its training loop skipped the batch with a bare ``except``); here it raises
-``EmptyPrototypeError``, which the training loop catches by name, counts and logs.
+``EmptyPrototypeError``, which the training loop catches by name, counts and logs
+(``has_local_prototype`` tells beforehand which episodes would raise).
+
+The classifier always computes in full float32 (:func:`full_fp32`): autocast off, inputs cast to
+float32, and no TF32 in cuDNN convolutions or CUDA matrix products (NVIDIA GPUs use TF32 for
+float32 convolutions by default, which made the one-episode convolution path and the batched
+``einsum`` path differ by about 1e-2). So one episode at a time equals a batch, and N ranks
+equal one, on GPUs as on CPUs (to float32 rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PROTO_SCALE", "NORM_FLOOR", "GLOBAL_PROTO_EPS", "MODES", "EmptyPrototypeError",
-           "ALPScores", "MultiProtoAsConv", "safe_norm"]
+           "ALPScores", "MultiProtoAsConv", "safe_norm", "full_fp32"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,35 @@ class ALPScores(NamedTuple):
     score: torch.Tensor
     proto_assign: torch.Tensor | None
     raw_sims: list[torch.Tensor] | None
+
+
+def _tf32_switches() -> list[tuple[object, str, object]]:
+    """(object, attribute, value meaning "no TF32") of this torch's TF32 switches.
+
+    torch >= 2.9 has per-backend ``fp32_precision`` ("ieee": full float32); mixing it with the
+    older ``allow_tf32`` flags makes torch raise, so only one of the two APIs is touched.
+    """
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if hasattr(cudnn_conv, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        return [(cudnn_conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def full_fp32(device_type: str) -> Iterator[None]:
+    """Inside: autocast off on ``device_type`` and TF32 off for cuDNN convolutions and CUDA
+    matrix products; the previous TF32 settings are restored on exit (also after an error)."""
+    switches = _tf32_switches()
+    saved = [getattr(obj, name) for obj, name, _ in switches]
+    try:
+        for obj, name, exact in switches:
+            setattr(obj, name, exact)
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        for (obj, name, _), value in zip(switches, saved):
+            setattr(obj, name, value)
 
 
 def safe_norm(x: torch.Tensor, dim: int = 1, eps: float = NORM_FLOOR) -> torch.Tensor:
@@ -128,10 +165,20 @@ class MultiProtoAsConv(nn.Module):
         cell_mask = self.pool(sup_y.flatten(0, 1), isval, val_wsize)  # (E*Sh) x 1 x gh x gw
         return cells, cell_mask.reshape(n_ep, -1) > thresh
 
+    def has_local_prototype(self, sup_y: torch.Tensor, thresh: float, isval: bool,
+                            val_wsize: int | None) -> torch.Tensor:
+        """E bool: whether each episode's mask (E x Sh x 1 x H' x W') has a pooled cell above
+        ``thresh``, i.e. whether ``gridconv`` finds a local prototype (else it raises)."""
+        cell_mask = self.pool(sup_y.flatten(0, 1).float(), isval, val_wsize)
+        return (cell_mask.reshape(sup_y.shape[0], -1) > thresh).any(dim=1)
+
     def forward(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
                 thresh: float, isval: bool = False, val_wsize: int | None = None,
                 vis_sim: bool = False) -> ALPScores:
         """Score E episodes: Q queries each against the prototypes of that episode's support.
+
+        Computed in full float32 whatever the caller's autocast and TF32 settings
+        (:func:`full_fp32`); the scores are float32.
 
         Args:
             qry: E x Q x C x H' x W' query features.
@@ -146,6 +193,12 @@ class MultiProtoAsConv(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        with full_fp32(qry.device.type):
+            return self._scores(qry.float(), sup_x.float(), sup_y.float(), mode, thresh, isval,
+                                val_wsize, vis_sim)
+
+    def _scores(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
+                thresh: float, isval: bool, val_wsize: int | None, vis_sim: bool) -> ALPScores:
         n_ep = qry.shape[0]
         if mode == "mask":
             proto = self.global_prototypes(sup_x, sup_y).mean(dim=1)        # E x C

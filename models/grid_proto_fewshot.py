@@ -15,9 +15,13 @@ Extensions:
   as they spanned the support and query of one episode in the original.
 - Split inference for validation: ``encode`` once per support, then ``predict_from_features``
   on batches of encoded queries; the result equals ``forward``.
-- The prototype head runs in float32 even under autocast (bf16 runs only the encoder in bf16).
+- The prototype head runs in full float32 even under autocast, without TF32 (bf16 runs only the
+  encoder in bf16): ``models.alpmodule.full_fp32``.
 - A background support with no pooled cell above the threshold raises ``EmptyPrototypeError``
   (the original crashed and its training loop skipped the batch with a bare ``except``).
+- In the alignment pass, an episode whose query is predicted foreground almost everywhere has no
+  background prototype: that episode's alignment loss is 0 (the original skipped the whole
+  batch), the others count; ``align_failures`` lists those episodes of the last forward.
 """
 from __future__ import annotations
 
@@ -104,6 +108,8 @@ class FewShotSeg(nn.Module):
         grid = int(self.config["proto_grid_size"])
         self.cls_unit = MultiProtoAsConv(proto_grid=[grid, grid],
                                          feature_hw=list(self.config["feature_hw"]))
+        # batch items whose alignment pass had no background prototype in the last forward
+        self.align_failures: list[int] = []
         if pretrained_path is not None:
             load_alpnet_weights(self, pretrained_path)
 
@@ -168,13 +174,14 @@ class FewShotSeg(nn.Module):
             Bs is B (each query its support) or 1 (one support for all queries).
         Returns:
             (logits B x 2 x H x W, alignment loss (0-dim tensor; 0 unless ``align`` and
-            ``training``), [bg_sims, fg_sims] (lists with one n x K x H' x W' tensor per support
-            item when ``show_viz``, else None), proto_assign B x 1 x H' x W' (index of the
-            nearest background prototype, float)).
+            ``training``; the mean over the batch items, 0 for an item listed in
+            ``self.align_failures``), [bg_sims, fg_sims] (lists with one n x K x H' x W'
+            tensor per support item when ``show_viz``, else None), proto_assign
+            B x 1 x H' x W' (index of the nearest background prototype, float)).
         Raises:
             ValueError: more than one way or query, inconsistent shapes.
-            EmptyPrototypeError: a background (or, for the alignment loss, the query's
-                predicted background) without any pooled cell above the threshold.
+            EmptyPrototypeError: a support background without any pooled cell above the
+                threshold (the query pass: the episode cannot be computed).
         """
         n_ways, n_queries = len(supp_imgs), len(qry_imgs)
         if n_ways != 1 or n_queries != 1 or len(fore_mask) != 1 or len(back_mask) != 1:
@@ -201,8 +208,9 @@ class FewShotSeg(nn.Module):
                                             self.resize_masks(bg, fts_size), qry_fts, isval,
                                             val_wsize, show_viz)   # B x 2 x H' x W'
         logits = F.interpolate(scores, size=img_size, mode="bilinear")   # B x 2 x H x W
+        self.align_failures = []
         if self.config["align"] and self.training:
-            align_loss = self._alignment_loss(qry_fts, scores, supp_fts, fg, bg)
+            align_loss, self.align_failures = self._alignment_loss(qry_fts, scores, supp_fts, fg, bg)
         else:
             align_loss = logits.new_zeros(())
         return logits, align_loss, sims, assign
@@ -234,10 +242,9 @@ class FewShotSeg(nn.Module):
 
     def _classify(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
                   thresh: float, isval: bool, val_wsize: int | None, vis: bool) -> ALPScores:
-        """The prototype head in float32 (autocast off): see ``MultiProtoAsConv.forward``."""
-        with torch.autocast(device_type=qry.device.type, enabled=False):
-            return self.cls_unit(qry.float(), sup_x.float(), sup_y.float(), mode=mode,
-                                 thresh=thresh, isval=isval, val_wsize=val_wsize, vis_sim=vis)
+        """The prototype head (full float32 whatever the autocast: ``MultiProtoAsConv.forward``)."""
+        return self.cls_unit(qry, sup_x, sup_y, mode=mode, thresh=thresh, isval=isval,
+                             val_wsize=val_wsize, vis_sim=vis)
 
     def _two_scores(self, qry: torch.Tensor, sup_x: torch.Tensor, bg_y: torch.Tensor,
                     fg_y: torch.Tensor, isval: bool, val_wsize: int | None, vis: bool,
@@ -251,9 +258,10 @@ class FewShotSeg(nn.Module):
         try:
             bg = self._classify(qry, sup_x, bg_y, BG_PROT_MODE, BG_THRESH, isval, val_wsize, vis)
         except EmptyPrototypeError as err:
-            err.add_note(f"background of {stage}, episode(s) {err.episodes} of the batch")
             log.debug("empty background prototypes: %s", err)
-            raise
+            raise EmptyPrototypeError(f"{err} (background of {stage}, episode(s) {err.episodes} of "
+                                      "the batch)", episodes=err.episodes, max_pooled=err.max_pooled,
+                                      thresh=err.thresh) from err
         modes = self._fg_modes(fg_y)
         fg_score, fg_sims = None, [None] * len(modes)
         for mode in sorted(set(modes)):
@@ -295,13 +303,17 @@ class FewShotSeg(nn.Module):
 
     def _alignment_loss(self, qry_fts: torch.Tensor, scores: torch.Tensor,
                         supp_fts: torch.Tensor, fore_mask: torch.Tensor,
-                        back_mask: torch.Tensor) -> torch.Tensor:
-        """PANet prototype alignment (docs/method.md, 'Model (ALPNet)'): segment each support with
-        the query's predicted masks as "support"; cross-entropy against the support label (1 in the
-        fg mask, 0 in the bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
+                        back_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """PANet prototype alignment (SPEC §4): segment each support with the query's predicted
+        masks as "support"; cross-entropy against the support label (1 in the fg mask, 0 in the
+        bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
+
+        An item whose predicted query background has no pooled cell above the threshold has no
+        background prototype: its loss is 0 (it still counts in the mean) and it is listed.
 
         Args: qry_fts B x C x H' x W'; scores B x 2 x H' x W' (before upsampling); supp_fts
         Sh x Bs x C x H' x W'; fore_mask, back_mask Sh x Bs x H x W.
+        Returns: (the loss, 0-dim float32; the indices of the items without background prototype).
         """
         n_ways = 1
         n_shots = supp_fts.shape[0]
@@ -310,20 +322,36 @@ class FewShotSeg(nn.Module):
         pred = scores.argmax(dim=1, keepdim=True)                         # B x 1 x H' x W'
         q_bg = self.resize_masks((pred == 0).float(), fts_size)[:, None]  # B x 1 x 1 x H' x W'
         q_fg = self.resize_masks((pred == 1).float(), fts_size)[:, None]
+        ok = self.cls_unit.has_local_prototype(q_bg, BG_THRESH, False, None)   # B bool
+        failed = (~ok).nonzero().flatten().tolist()
+        losses = scores.new_zeros(n_q, dtype=torch.float32)               # B
+        if failed:
+            log.info("alignment loss 0 for episode(s) %s of the batch: the query's predicted "
+                     "background has no pooled cell above %s", failed, BG_THRESH)
+        if len(failed) == n_q:
+            return losses.mean(), failed
+        keep = ok.nonzero().flatten() if failed else None                 # K kept items
         # episode b: the shots of support b are the queries, query b the support
         shots = supp_fts.transpose(0, 1).expand(n_q, -1, -1, -1, -1)     # B x Sh x C x H' x W'
-        supp_scores, _, _ = self._two_scores(shots, qry_fts[:, None], q_bg, q_fg, False, None,
+        fg = fore_mask.transpose(0, 1).expand(n_q, -1, -1, -1)           # B x Sh x H x W
+        bg = back_mask.transpose(0, 1).expand(n_q, -1, -1, -1)
+        qry = qry_fts
+        if keep is not None:
+            shots, fg, bg, qry, q_bg, q_fg = (t[keep] for t in (shots, fg, bg, qry, q_bg, q_fg))
+        n_k = qry.shape[0]
+        supp_scores, _, _ = self._two_scores(shots, qry[:, None], q_bg, q_fg, False, None,
                                              False, "the predicted query (alignment pass)")
         img_size = tuple(fore_mask.shape[-2:])
         supp_pred = F.interpolate(supp_scores.flatten(0, 1), size=img_size, mode="bilinear")
-        # (B*Sh) x 2 x H x W
-        fg = fore_mask.transpose(0, 1).expand(n_q, -1, -1, -1).flatten(0, 1)   # (B*Sh) x H x W
-        bg = back_mask.transpose(0, 1).expand(n_q, -1, -1, -1).flatten(0, 1)
+        # (K*Sh) x 2 x H x W
+        fg, bg = fg.flatten(0, 1), bg.flatten(0, 1)                        # (K*Sh) x H x W
         label = torch.full(fg.shape, IGNORE_INDEX, dtype=torch.long, device=fg.device)
         label[fg == 1] = 1
         label[bg == 1] = 0
         pixel_loss = F.cross_entropy(supp_pred, label, ignore_index=IGNORE_INDEX,
-                                     reduction="none")                      # (B*Sh) x H x W
+                                     reduction="none")                      # (K*Sh) x H x W
         # mean over each support's labelled pixels (F.cross_entropy's 'mean'; NaN without any)
         per_support = pixel_loss.sum(dim=(1, 2)) / (label != IGNORE_INDEX).sum(dim=(1, 2))
-        return (per_support.reshape(n_q, n_shots).sum(dim=1) / n_shots / n_ways).mean()
+        per_item = per_support.reshape(n_k, n_shots).sum(dim=1) / n_shots / n_ways   # K
+        losses = per_item if keep is None else losses.index_copy(0, keep, per_item)
+        return losses.mean(), failed
