@@ -17,14 +17,14 @@ from typing import Sequence
 
 import torch
 
+from data.cli import new_parser
 from util.log import setup_logging
 from util.segment import DEFAULT_RULE, RULES, SegmentRequest, segment
 from util.segment.inputs import DEFAULT_BATCH_SIZE, MODALITY_CARDS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 segment.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("python3 segment.py", __doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="ALPNet weights: a snapshot of training.py or an original bare state_dict")
     p.add_argument("--support-image", type=Path, required=True, help="the labelled support scan")
@@ -33,8 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", type=Path, nargs="+", required=True, help="scan(s) to segment")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", help="dataset card (modality, normalisation, resampling); "
-                                       "default: the checkpoint's dataset")
+    src.add_argument("--dataset", help="dataset card (modality, normalisation, resampling; "
+                                       "listed below); default: the checkpoint's dataset")
     src.add_argument("--modality", choices=sorted(MODALITY_CARDS), type=str.upper,
                      help=f"instead of --dataset: {', '.join(f'{k} = card {v}' for k, v in MODALITY_CARDS.items())}")
     p.add_argument("--preprocessed", action="store_true",
@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="query slices per batch")
     p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
-                   help="label-free rule without --z-range (see README)")
+                   help="label-free rule without --z-range (docs/segment.md, 'Label-free rule')")
     p.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
                    help="CT: the training fold's intensity mean and std (default: the checkpoint's, "
                         "else the support scan's)")

@@ -15,8 +15,8 @@ from typing import Any
 
 import json5
 
-__all__ = ["Card", "load_card", "known_cards", "card_dirs", "base_name", "is_superpix",
-           "SUPERPIX_SUFFIX", "CARD_ENV"]
+__all__ = ["Card", "load_card", "known_cards", "card_dirs", "describe_cards", "base_name",
+           "is_superpix", "SUPERPIX_SUFFIX", "CARD_ENV"]
 
 SUPERPIX_SUFFIX = "_Superpix"
 CARD_ENV = "SSL_ALPNET_CARDS"
@@ -75,6 +75,27 @@ def known_cards() -> dict[str, Path]:
             for path in sorted(folder.glob("*.json5")):
                 found[path.name[: -len(".json5")]] = path
     return found
+
+
+def describe_cards() -> str:
+    """The known cards as text, one line each: name, modality, raw format (which converter
+    ``data.prepare --raw`` runs), ``data_dir``; a card that fails validation is listed with its
+    error. Used by every command's ``--help`` (see ``data/cli.py``)."""
+    lines = [f"known dataset cards (data/datasets/ and ${CARD_ENV}; docs/data.md, 'Dataset cards'):"]
+    cards = known_cards()
+    width = max((len(name) for name in cards), default=0)
+    for name, path in cards.items():
+        try:
+            card = load_card(name)
+        except ValueError as err:
+            lines.append(f"  {name:<{width}}  unusable: {err}")
+            continue
+        raw_format = card.extra.get("raw_format") or "-"
+        lines.append(f"  {name:<{width}}  {card.modality:<3} raw: {raw_format:<10} "
+                     f"data_dir: {card.data_dir}")
+    if not cards:
+        lines.append("  none found")
+    return "\n".join(lines)
 
 
 def base_name(dataset: str) -> str:

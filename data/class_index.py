@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from data.cards import Card, load_card
+from data.cli import new_parser
 from dataloaders.folds import scan_ids_in
 from util.io import atomic_write_json, read_zyx
 from util.log import setup_logging
@@ -96,9 +97,8 @@ def write_class_index(dataset: str, data_dir: Path, min_tps: Sequence[int] = DEF
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.class_index", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset card name, e.g. CHAOST2")
+    p = new_parser("python -m data.class_index", __doc__)
+    p.add_argument("--dataset", required=True, help="dataset card name (listed below), e.g. CHAOST2")
     p.add_argument("--data-dir", type=Path, required=True, help="folder of the preprocessed scans")
     p.add_argument("--min-tp", type=int, nargs="+", default=list(DEFAULT_MIN_TP),
                    help="thresholds on the slice's sum of label values (default: 1 100)")

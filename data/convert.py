@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.cards import Card
+from data.cli import new_parser
 from data.geometry import check_same_grid
 from data.preprocess import preprocess_scan
 from util.io import atomic_write_json, atomic_write_sitk, read_image
@@ -182,12 +183,16 @@ def load_nifti_pair(image: Path, label: Path, values: dict[int, int]) -> tuple[s
 
 
 def converter_main(name: str, doc: str | None, convert: Callable[..., Summary],
-                   argv: Sequence[str] | None = None) -> int:
-    """The command line of every converter ``python -m data.<name> --raw DIR --out OUT``."""
-    parser = argparse.ArgumentParser(prog=f"python -m data.{name}", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                   argv: Sequence[str] | None = None, *, dataset: str) -> int:
+    """The command line of every converter ``python -m data.<name> --raw DIR --out OUT``;
+    ``dataset`` is the card the converter writes by default (``--dataset`` picks another card
+    of the same raw format, e.g. one's own)."""
+    parser = new_parser(f"python -m data.{name}", doc)
     add_convert_args(parser)
+    parser.add_argument("--dataset", default=dataset,
+                        help="card whose labels and preprocessing recipe are used (listed below)")
     args = parser.parse_args(argv)
-    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = convert(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                      dataset=args.dataset)
     print(summary.line(name, args.out))
     return 0

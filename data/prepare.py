@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cards import Card, load_card
+from data.cli import new_parser
 from data.class_index import DEFAULT_MIN_TP, write_class_index
 from data.pseudolabels import DEFAULT_SCALE, make_pseudolabels, pending_scans
 from dataloaders.folds import scan_ids_in
@@ -103,9 +104,8 @@ def check_inputs(card: Card, out: Path, scale: str, min_tps: Sequence[int], *,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset card name, e.g. CHAOST2")
+    p = new_parser("python -m data.prepare", __doc__)
+    p.add_argument("--dataset", required=True, help="dataset card name (listed below), e.g. CHAOST2")
     p.add_argument("--raw", type=Path, default=None, help="the raw download (omit: skip conversion)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the card's data_dir)")
     p.add_argument("--scale", default=DEFAULT_SCALE, help="superpixel scale of the card")

@@ -32,6 +32,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
 from data.cards import Card, load_card
+from data.cli import new_parser
 from dataloaders.folds import scan_ids_in
 from util.io import atomic_write_sitk, read_zyx, verify_image_files
 from util.log import setup_logging
@@ -174,9 +175,8 @@ def make_pseudolabels(dataset: str, data_dir: Path, scale: str = DEFAULT_SCALE, 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data.pseudolabels", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset card name, e.g. CHAOST2")
+    p = new_parser("python -m data.pseudolabels", __doc__)
+    p.add_argument("--dataset", required=True, help="dataset card name (listed below), e.g. CHAOST2")
     p.add_argument("--data-dir", type=Path, required=True, help="folder of the preprocessed scans")
     p.add_argument("--scale", default=DEFAULT_SCALE, help="superpixel scale of the card")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")

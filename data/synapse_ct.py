@@ -81,7 +81,7 @@ def convert(raw: Path, out: Path, *, overwrite: bool = False, progress: bool = T
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return converter_main("synapse_ct", __doc__, convert, argv)
+    return converter_main("synapse_ct", __doc__, convert, argv, dataset=DATASET)
 
 
 if __name__ == "__main__":

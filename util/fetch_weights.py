@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch.hub
 
+from data.cli import new_parser
 from models.backbone.weights import (MODEL_NAMES, WeightsSpec, available_specs,
                                      hub_checkpoint_dir)
 from util.checkpoint import read_snapshot
@@ -91,16 +92,16 @@ def fetch(specs: Sequence[WeightsSpec], *, force: bool = False,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m util.fetch_weights",
-        description="Download torchvision's pretrained weights for the ALPNet encoders into the "
-                    f"torch hub cache (now: {hub_checkpoint_dir()}; set TORCH_HOME to change "
-                    "it). Training and validation never download; run this on a machine with "
-                    "internet.")
+    parser = new_parser(
+        "python -m util.fetch_weights",
+        "Download torchvision's pretrained weights for the ALPNet encoders into the torch hub\n"
+        f"cache (now: {hub_checkpoint_dir()}; set TORCH_HOME to change it).\n"
+        "Training and validation never download; run this on a machine with internet\n"
+        "(docs/training.md, 'Pretrained weights').")
     parser.add_argument("--model", choices=[*MODEL_NAMES, "all"], default="dlfcn_res101",
-                        help="encoder (config key modelname); default dlfcn_res101")
+                        help="encoder (config key modelname)")
     parser.add_argument("--init", choices=["coco", "imagenet", "all"], default="all",
-                        help="weights (config key init_weights); default both")
+                        help="weights (config key init_weights; all: coco and imagenet)")
     parser.add_argument("--force", action="store_true", help="download even if cached")
     parser.add_argument("--list", action="store_true",
                         help="only print the files, their cache paths and whether they exist")

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from data.cards import load_card
+from data.cli import new_parser
 from dataloaders.folds import test_labels
 
 __all__ = ["RunRecord", "Cell", "TableRow", "find_runs", "table_rows", "to_markdown", "to_csv",
@@ -209,10 +210,9 @@ def summarize(roots: Sequence[str | Path], *, metric: str = "Dice", step: int | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m util.summarize", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("python -m util.summarize", __doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="folders holding validation runs (searched recursively)")
-    parser.add_argument("--metric", choices=sorted(METRICS), default="Dice")
+    parser.add_argument("--metric", choices=sorted(METRICS), default="Dice", help="metric of the table")
     parser.add_argument("--step", type=int, default=None, help="snapshot step to report (default: the last logged)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the CSV table to this file")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what to print")

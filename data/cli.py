@@ -1,0 +1,48 @@
+"""What every command line of the project shares: one help formatter that shows defaults while
+keeping descriptions as written, and the list of known dataset cards at the end of ``--help``.
+
+    parser = new_parser("python -m data.prepare", __doc__)
+    parser.add_argument("--scale", default="MIDDLE", help="superpixel scale of the card")
+    # --help: "... superpixel scale of the card (default: MIDDLE)" and, below, the card list
+"""
+from __future__ import annotations
+
+import argparse
+
+from data.cards import describe_cards
+
+__all__ = ["HelpFormatter", "new_parser", "cards_epilog"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults appended as ``(default: X)``, description and epilog kept line for line.
+
+    No default is appended where it says nothing: required arguments, ``None`` (not given),
+    ``False`` of an on/off flag, or a help text that already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if not text:
+            return text
+        default = action.default
+        if (action.required or default is None or default is False or default is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        return super()._get_help_string(action)
+
+
+def cards_epilog() -> str:
+    """The ``--help`` epilog: the known dataset cards (``data.cards.describe_cards``)."""
+    return describe_cards()
+
+
+def new_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with ``HelpFormatter`` and the card list as epilog.
+
+    Args:
+        prog: the command as a user types it, e.g. ``python -m data.prepare``.
+        description: shown as written (usually the module docstring).
+    """
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=cards_epilog(),
+                                   formatter_class=HelpFormatter)
