@@ -166,8 +166,10 @@ def test_round_trip_other_orientation(phantom, fixture_ckpt, fixture_model, tmp_
                        [True, False, False])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(q_written), sitk.GetArrayFromImage(expect))
     assert turned.results[0].volume_ml == pytest.approx(free.results[0].volume_ml)
-    assert turned.results[0].how == "label-free (extent)"
-    assert (turned.support_encoded, turned.query_encoded) == (3, turned.results[0].training_slices)
+    assert turned.results[0].how.startswith("label-free support: ")
+    # the support rule scores the support's own slices once more (its calibration)
+    n_sup = free.results[0].training_slices               # support and query: the same scan
+    assert (turned.support_encoded, turned.query_encoded) == (3 + n_sup, turned.results[0].training_slices)
 
 
 def _bad(tmp_path: Path, phantom: dict[str, Path], ckpt: Path) -> dict:
@@ -220,3 +222,80 @@ def test_every_problem_reported_at_once(tmp_path, phantom, fixture_ckpt, broken)
         assert part in text
     assert "6 problem(s)" in text
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ the default (support) rule
+
+RULE_GRID = dict(size=(60, 60, 24), spacing=(2.5, 2.5, 6.0))   # 24 slices of 6 mm: the card's z
+
+
+@pytest.fixture(scope="module")
+def rule_scans(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Axial phantoms on the card's 6 mm slices (no tilt): a support with the organ low in the
+    scan, a query with it high, and a query without it; (image, label) files each."""
+    folder = tmp_path_factory.mktemp("rule")
+    size, spacing = RULE_GRID["size"], RULE_GRID["spacing"]
+    origin = -np.array(size) * np.array(spacing) / 2
+    grid = Grid(size, spacing, tuple(origin), np.eye(3))
+    out = {}
+    for name, seed, organ_z in (("support", 0, -25.0), ("query", 1, 20.0), ("absent", 2, None)):
+        blobs = [Blob((0, 0, 0), (70, 60, 60), 1)]
+        if organ_z is not None:
+            blobs.append(Blob((25, -15, organ_z), ORGAN_SEMI_MM, 2, 1))
+        image, label = render(grid, blobs, [Tissue(0, 0), Tissue(100, 5), Tissue(400, 5)],
+                              np.random.default_rng(seed), noise_sd=5, rician=True)
+        paths = (folder / f"{name}.nii.gz", folder / f"{name}_label.nii.gz")
+        sitk.WriteImage(grid_image(grid, image.astype(np.float32)), str(paths[0]))
+        sitk.WriteImage(grid_image(grid, label), str(paths[1]))
+        out[name] = paths
+    return out
+
+
+@pytest.fixture(scope="module")
+def r18_ckpt(tmp_path_factory) -> Path:
+    """A ResNet-18 ALPNet with random weights (seed 0): untrained, its prototype match still
+    peaks on the bright organ, which is all the rule needs to be tested end to end."""
+    from models.grid_proto_fewshot import FewShotSeg
+
+    torch.manual_seed(0)
+    net = FewShotSeg(cfg={"which_model": "dlfcn_res18", "init_weights": "random"})
+    return atomic_save_torch(net.state_dict(), tmp_path_factory.mktemp("r18") / "r18.pth")
+
+
+def _slices_with(mask_zyx: np.ndarray) -> tuple[int, int]:
+    zs = np.flatnonzero(mask_zyx.any(axis=(1, 2)))
+    return int(zs[0]), int(zs[-1])
+
+
+def test_support_rule_finds_the_organ_slices(rule_scans, r18_ckpt, tmp_path, caplog):
+    """Default rule, no ground truth: the query's predicted slices are the organ's true slices
+    (the phantom's own label, resampled to 6 mm = the same grid here) within one slice; the
+    query without the organ gets an empty mask, a warning and 'not found' in the CSV."""
+    import logging
+
+    sup_img, sup_lab = rule_scans["support"]
+    req = dict(checkpoint=r18_ckpt, support_image=sup_img, support_label=sup_lab, label=1,
+               dataset="SEGTEST", overlay_slices=0)
+    with caplog.at_level(logging.WARNING, logger="util.segment.run"):
+        rep = segment(SegmentRequest(**req, queries=(rule_scans["query"][0], rule_scans["absent"][0]),
+                                     out=tmp_path / "out"), progress=False)
+    found, absent = rep.results
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(rule_scans["query"][1]))) > 0
+    true_first, true_last = _slices_with(truth)
+    # slice k lies at -72 + 6k mm; the organ (semi-axis 22 mm around +20 mm) holds those with
+    # |-72 + 6k - 20| < 22: k = 12..18, high in the scan; the support's (around -25 mm): k = 5..11
+    assert (true_first, true_last) == (12, 18)
+    assert _slices_with(sitk.GetArrayFromImage(sitk.ReadImage(str(sup_lab))) > 0) == (5, 11)
+    assert found.predicted_range is not None
+    assert abs(found.predicted_range[0] - true_first) <= 1 and abs(found.predicted_range[1] - true_last) <= 1
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(found.mask))) > 0
+    first, last = _slices_with(mask)
+    assert true_first - 1 <= first and last <= true_last + 1     # nothing painted elsewhere
+    assert found.how.startswith("label-free support: slices")
+    assert absent.voxels == 0 and absent.predicted_range is None
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(absent.mask))).any()
+    assert "not found" in absent.how
+    assert any("absent" in r.getMessage() and "not found" in r.getMessage() for r in caplog.records)
+    rows = list(csv.DictReader((tmp_path / "out" / "volumes_label1.csv").open(encoding="utf-8")))
+    assert rows[0]["predicted_range"] == f"{found.predicted_range[0]}-{found.predicted_range[1]}"
+    assert rows[1]["predicted_range"] == "" and "not found" in rows[1]["how"]

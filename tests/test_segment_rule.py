@@ -1,5 +1,6 @@
-"""util.segment pieces by hand: the label-free rule, z-ranges between grids, checkpoint
-recognition, the CSV and mask names."""
+"""util.segment pieces by hand: the label-free rules (every expected mask written out, never
+built by the function under test), the support rule's calibration, z-ranges between grids,
+checkpoint recognition, the CSV and mask names."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,28 +9,41 @@ import torch
 
 from util.segment.checkpoint_info import inspect_checkpoint, modelname_from_state
 from util.segment.inputs import mask_name, query_stem
+from util.segment.calibrate import SupportEvidence, best_run, slice_scores, support_evidence
 from util.segment.rule import (combine_max, estimated_extent, label_free_mask, largest_component,
                                masks_by_part)
 from util.segment.volumes import Prepared, range_to_training
 
 
 def _per_part(n_z: int = 10, size: int = 6) -> np.ndarray:
-    """3 parts x n_z x size x size: part p predicts a 2 x 2 square at (p, p) on slices 2..7,
-    and part 0 also a lone voxel on slice 9 (a small separate component)."""
-    pp = np.zeros((3, n_z, size, size), np.uint8)
+    """3 parts x n_z x size x size margins: part p predicts (+1) a 2 x 2 square at (p, p) on
+    slices 2..7 and nothing (-1) elsewhere; part 0 also a lone voxel on slice 9."""
+    pp = -np.ones((3, n_z, size, size), np.float32)
     for p in range(3):
-        pp[p, 2:8, p:p + 2, p:p + 2] = 1
-    pp[0, 9, 5, 5] = 1
+        pp[p, 2:8, p:p + 2, p:p + 2] = 1.0
+    pp[0, 9, 5, 5] = 1.0
     return pp
+
+
+def _square(corner: int, size: int = 6) -> np.ndarray:
+    """A size x size uint8 slice holding one 2 x 2 square at (corner, corner)."""
+    out = np.zeros((size, size), np.uint8)
+    out[corner:corner + 2, corner:corner + 2] = 1
+    return out
 
 
 def test_combine_max_is_union_of_parts():
     pp = _per_part()
     m = combine_max(pp)
     assert m.dtype == np.uint8
-    # slice 4: squares at (0,0), (1,1), (2,2) of side 2 -> union 4 + 3 + 3 = 10 voxels
-    assert int(m[4].sum()) == 10
-    assert int(m[9].sum()) == 1 and int(m[0].sum()) == 0
+    expected4 = np.array([[1, 1, 0, 0, 0, 0],          # squares at (0,0), (1,1), (2,2) of side 2
+                          [1, 1, 1, 0, 0, 0],
+                          [0, 1, 1, 1, 0, 0],
+                          [0, 0, 1, 1, 0, 0],
+                          [0, 0, 0, 0, 0, 0],
+                          [0, 0, 0, 0, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(m[4], expected4)
+    assert int(m[9].sum()) == 1 and m[9, 5, 5] == 1 and int(m[0].sum()) == 0
 
 
 def test_largest_component_and_extent():
@@ -38,31 +52,114 @@ def test_largest_component_and_extent():
     assert int(comp[9].sum()) == 0                      # the lone voxel is dropped
     assert int(comp.sum()) == 6 * 10
     assert estimated_extent(pp) == (2, 7)
-    assert estimated_extent(np.zeros_like(pp)) is None
+    assert estimated_extent(-np.ones_like(pp)) is None
     assert int(largest_component(np.zeros((2, 3, 3), np.uint8)).sum()) == 0
 
 
+# extent 2..7, width 5/3: z 2,3 -> part 0; 4,5 -> part 1 (2 // 1.67 = 1, 3 // 1.67 = 1);
+# 6 -> 4 // 1.67 = 2; 7 -> 5 // 1.67 = 3 -> clipped to 2
+PARTS_2_7 = {2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 2}
+
+
 def test_masks_by_part_follows_the_protocol_assignment():
-    pp = _per_part()
-    # extent 2..7, width 5/3: z 2,3 -> part 0; 4,5 -> part 1 (2 // 1.67 = 1, 3 // 1.67 = 1);
-    # 6 -> 4 // 1.67 = 2; 7 -> 5 // 1.67 = 3 -> clipped to 2
-    m = masks_by_part(pp, 2, 7)
-    for z, part in ((2, 0), (3, 0), (4, 1), (5, 1), (6, 2), (7, 2)):
-        np.testing.assert_array_equal(m[z], pp[part, z], err_msg=f"slice {z}")
+    m = masks_by_part(_per_part(), 2, 7)
+    assert m.dtype == np.uint8
+    for z, part in PARTS_2_7.items():
+        np.testing.assert_array_equal(m[z], _square(part), err_msg=f"slice {z}")
     assert int(m[:2].sum()) == 0 and int(m[8:].sum()) == 0  # outside: background
 
 
-def test_label_free_mask_rules():
+def test_label_free_mask_extent_and_max():
     pp = _per_part()
-    m, ext = label_free_mask(pp, "extent")
-    assert ext == (2, 7)
-    np.testing.assert_array_equal(m, masks_by_part(pp, 2, 7))
-    m, ext = label_free_mask(pp, "max")
-    assert ext is None and int(m[9].sum()) == 1
-    m, ext = label_free_mask(np.zeros_like(pp), "extent")
-    assert ext is None and not m.any()
+    res = label_free_mask(pp, "extent")
+    assert res.extent == (2, 7) and res.found and "2-7" in res.how
+    for z in range(10):
+        expected = _square(PARTS_2_7[z]) if z in PARTS_2_7 else np.zeros((6, 6), np.uint8)
+        np.testing.assert_array_equal(res.mask[z], expected, err_msg=f"slice {z}")
+    res = label_free_mask(pp, "max")
+    assert res.extent is None and int(res.mask[9].sum()) == 1 and int(res.mask.sum()) == 6 * 10 + 1
+    res = label_free_mask(-np.ones_like(pp), "extent")
+    assert res.extent is None and not res.found and not res.mask.any()
     with pytest.raises(ValueError, match="rule='nope'"):
         label_free_mask(pp, "nope")
+    with pytest.raises(ValueError, match="needs the support's calibration"):
+        label_free_mask(pp, "support")
+
+
+# ------------------------------------------------------------------ the support rule, by hand
+
+def _scored(peaks: list[float], npart: int = 3, size: int = 4) -> np.ndarray:
+    """npart x Z x size x size margins whose slice score (largest margin over pixels and parts)
+    is ``peaks[z]``: part z % npart holds the peak at pixel (1, 1), every other value is -5."""
+    m = np.full((npart, len(peaks), size, size), -5.0, np.float32)
+    for z, v in enumerate(peaks):
+        m[z % npart, z, 1, 1] = v
+    return m
+
+
+def test_slice_scores_are_the_best_margin():
+    m = _scored([0.5, 3.0, -1.0, 2.0])
+    np.testing.assert_array_equal(slice_scores(m), [0.5, 3.0, -1.0, 2.0])
+    with pytest.raises(ValueError, match="npart x Z x H x W"):
+        slice_scores(m[0])
+
+
+def test_support_threshold_separates_its_own_slices():
+    # organ on slices 2..5; scores 1, 2 outside, 4..7 inside: every threshold in (2, 4] separates
+    # perfectly, the first midpoint reaching balanced accuracy 1 is (2 + 4) / 2 = 3
+    peaks = [1.0, 2.0, 4.0, 6.0, 7.0, 5.0, 2.0, 1.0]
+    truth = np.zeros((8, 4, 4), bool)
+    truth[2:6, 0, 0] = True
+    ev = support_evidence(_scored(peaks), truth)
+    assert ev.threshold == pytest.approx(3.0) and ev.accuracy == pytest.approx(1.0)
+    assert (ev.organ_slices, ev.n_slices) == (4, 8)
+    # overlapping scores: an organ slice at 1.5 below background slices at 2.0; midpoints of
+    # the levels 1, 1.5, 2, 5, 6, 7: t = 1.25 -> TPR 4/4, TNR 2/4 (0.75); t = 1.75 -> TPR 3/4,
+    # TNR 2/4 (0.625); t = 3.5 -> TPR 3/4, TNR 4/4 (0.875, the best); t = 5.5 -> 2/4, 4/4
+    peaks = [1.0, 2.0, 1.5, 6.0, 7.0, 5.0, 2.0, 1.0]
+    ev = support_evidence(_scored(peaks), truth)
+    assert ev.threshold == pytest.approx(3.5) and ev.accuracy == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="no organ voxel"):
+        support_evidence(_scored(peaks), np.zeros_like(truth))
+    with pytest.raises(ValueError, match="cover 8 slices, its mask 7"):
+        support_evidence(_scored(peaks), truth[:7])
+
+
+@pytest.mark.parametrize("gain, expected", [
+    ([-1, -1, 2, 3, -1, 4, -1, -1], (2, 5)),      # 2 + 3 - 1 + 4 = 8 > 5 (2..3) or 4 (5..5)
+    ([-1, 2, -5, -1, 1, 1, 1, -1], (4, 6)),       # 3 beats 2: a deep gap splits the runs
+    ([-1, -2, -0.5], None),                       # nothing positive: no run
+    ([0.0, 0.0], None),
+    ([3.0], (0, 0)),
+], ids=["bridges-a-dip", "deep-gap-splits", "all-negative", "all-zero", "one-slice"])
+def test_best_run_by_hand(gain, expected):
+    assert best_run(np.array(gain, float)) == expected
+
+
+def test_support_rule_finds_the_organ_slices_and_nothing_else():
+    ev = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=8)
+    # organ slices 3..6 (scores 5, 6, 2.5, 5: a dip bridged), a lone spike at slice 9
+    peaks = [1, 1, 2, 5, 6, 2.5, 5, 1, 1, 4, 1, 1]
+    m = _scored([float(v) for v in peaks])
+    res = label_free_mask(m, "support", ev)
+    assert res.extent == (3, 6) and res.found
+    assert "slices 3-6" in res.how and "3.00" in res.how and "6.00" in res.how
+    # inside 3..6 each slice takes its protocol part: width 3/3 = 1 -> z 3: part 0, 4: 1, 5: 2,
+    # 6: 3 -> clipped to 2. The peak pixel (1, 1) is predicted by part z % 3: slices 3, 4, 5 by
+    # parts 0, 1, 2 (kept), slice 6 by part 0 (not its part: background); slice 9 is outside
+    expected = np.zeros((12, 4, 4), np.uint8)
+    expected[3, 1, 1] = expected[4, 1, 1] = expected[5, 1, 1] = 1
+    np.testing.assert_array_equal(res.mask, expected)
+
+
+def test_support_rule_without_organ_is_empty():
+    ev = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=8)
+    m = _scored([1.0, 2.9, 2.0, 1.5, 2.5])              # nothing reaches the support's threshold
+    m[:, :, 2:, 2:] = 0.5                               # a blob the network paints everywhere
+    res = label_free_mask(m, "support", ev)
+    assert res.extent is None and not res.found and not res.mask.any()
+    assert res.mask.shape == (5, 4, 4) and res.mask.dtype == np.uint8
+    assert "not found" in res.how and "2.90" in res.how
 
 
 def _grid(size, spacing, origin, direction) -> dict:

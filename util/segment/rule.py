@@ -21,26 +21,58 @@ protocol's.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Callable, Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
 
 from util.protocol import Support, assign_parts, encode_slices, predict_from_support
+from util.segment.calibrate import SupportEvidence, choose_slices, support_evidence
 
-__all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "combine_max", "largest_component",
-           "estimated_extent", "masks_by_part", "label_free_mask"]
+__all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
+           "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",
+           "RuleResult", "support_evidence", "SupportEvidence"]
 
 log = logging.getLogger(__name__)
 
-RULES = ("extent", "max")
-DEFAULT_RULE = "extent"
+RULES = ("support", "extent", "max")
+DEFAULT_RULE = "support"
 CONNECTIVITY = 1          # 6-neighbourhood in 3-D for the largest component (scipy's default)
+
+
+def margins_every_part(model: torch.nn.Module, supports: Sequence[Support], image_hwz: np.ndarray,
+                       *, batch_size: int = 8, device: torch.device | str = "cpu",
+                       val_wsize: int = 2, on_batch: Callable[[int], None] | None = None
+                       ) -> list[np.ndarray]:
+    """:func:`predict_every_part` for several supports (e.g. organs) from one encoding of the
+    volume: each query slice is encoded once, then scored by every part of every support.
+
+    Returns:
+        one float32 npart x Z x H x W array per support (see :func:`predict_every_part`).
+    """
+    h, w, n_z = image_hwz.shape
+    outs = [np.zeros((s.npart, n_z, h, w), dtype=np.float32) for s in supports]
+    step = max(int(batch_size), 1)
+    for start in range(0, n_z, step):
+        chunk = list(range(start, min(start + step, n_z)))
+        fts = encode_slices(model, image_hwz, chunk, device=device)      # B x C x H' x W'
+        for support, out in zip(supports, outs):
+            for p in range(support.npart):
+                logits = predict_from_support(model, support, fts, [p] * len(chunk),
+                                              img_size=(h, w), val_wsize=val_wsize)  # B x 2 x H x W
+                out[p, chunk] = (logits[:, 1] - logits[:, 0]).float().cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return outs
 
 
 def predict_every_part(model: torch.nn.Module, support: Support, image_hwz: np.ndarray, *,
                        batch_size: int = 8, device: torch.device | str = "cpu",
-                       val_wsize: int = 2, on_batch=None) -> np.ndarray:
+                       val_wsize: int = 2, on_batch: Callable[[int], None] | None = None
+                       ) -> np.ndarray:
     """Predict every slice of a volume with the support of every part.
 
     Each query slice is encoded once (batches of ``batch_size``); the prototype head then runs
@@ -50,27 +82,18 @@ def predict_every_part(model: torch.nn.Module, support: Support, image_hwz: np.n
         image_hwz: H x W x Z normalised query volume.
         on_batch: optional callable(n_slices) after each batch (progress bars).
     Returns:
-        uint8 npart x Z x H x W: the argmax prediction (0/1) of each part for each slice.
+        float32 npart x Z x H x W margins: organ logit minus background logit of each part for
+        each slice. ``margins > 0`` is the network's (argmax) prediction; ``sigmoid(margins)``
+        its organ probability.
     """
-    h, w, n_z = image_hwz.shape
-    out = np.zeros((support.npart, n_z, h, w), dtype=np.uint8)
-    step = max(int(batch_size), 1)
-    for start in range(0, n_z, step):
-        chunk = list(range(start, min(start + step, n_z)))
-        fts = encode_slices(model, image_hwz, chunk, device=device)      # B x C x H' x W'
-        for p in range(support.npart):
-            logits = predict_from_support(model, support, fts, [p] * len(chunk),
-                                          img_size=(h, w), val_wsize=val_wsize)
-            out[p, chunk] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
-        if on_batch is not None:
-            on_batch(len(chunk))
-    return out
+    return margins_every_part(model, [support], image_hwz, batch_size=batch_size, device=device,
+                              val_wsize=val_wsize, on_batch=on_batch)[0]
 
 
 def combine_max(per_part: np.ndarray) -> np.ndarray:
     """Largest foreground probability over the parts, thresholded at 1/2: a voxel is organ when
-    any part predicts it (npart x Z x H x W -> Z x H x W uint8)."""
-    return per_part.max(axis=0)
+    any part predicts it (npart x Z x H x W margins -> Z x H x W uint8)."""
+    return (per_part > 0).any(axis=0).astype(np.uint8)
 
 
 def largest_component(mask_zyx: np.ndarray) -> np.ndarray:
@@ -99,23 +122,49 @@ def masks_by_part(per_part: np.ndarray, z_min: int, z_max: int) -> np.ndarray:
     out = np.zeros(per_part.shape[1:], dtype=np.uint8)
     if zs.size:
         parts = assign_parts(zs, z_min, z_max, npart)
-        out[zs] = per_part[parts, zs]
+        out[zs] = per_part[parts, zs] > 0
     return out
 
 
-def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """The mask of the label-free rule (module docstring) and the extent it used (None: ``max``,
-    or nothing predicted).
+@dataclasses.dataclass(frozen=True)
+class RuleResult:
+    """A label-free rule's answer for one query: ``mask`` Z x H x W uint8, the ``extent``
+    (first, last slice) it predicted (None: ``max``, or the organ not found) and ``how`` it chose
+    them (for the CSV)."""
+    mask: np.ndarray
+    extent: tuple[int, int] | None
+    how: str
 
+    @property
+    def found(self) -> bool:
+        return bool(self.mask.any())
+
+
+def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE,
+                    evidence: SupportEvidence | None = None) -> RuleResult:
+    """The mask of a label-free rule (module docstring).
+
+    Args:
+        per_part: npart x Z x H x W margins of the query (:func:`predict_every_part`).
+        evidence: the support's calibration (:func:`support_evidence`); needed by ``support``.
     Raises:
-        ValueError: an unknown rule.
+        ValueError: an unknown rule, or ``support`` without ``evidence``.
     """
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: choose one of {', '.join(RULES)}")
+    empty = np.zeros(per_part.shape[1:], dtype=np.uint8)
     if rule == "max":
-        return combine_max(per_part), None
-    extent = estimated_extent(per_part)
-    if extent is None:
-        return np.zeros(per_part.shape[1:], dtype=np.uint8), None
-    return masks_by_part(per_part, *extent), extent
-
+        return RuleResult(combine_max(per_part), None, "max: union of the parts on every slice")
+    if rule == "extent":
+        extent = estimated_extent(per_part)
+        if extent is None:
+            return RuleResult(empty, None, "extent: no slice predicted")
+        return RuleResult(masks_by_part(per_part, *extent), extent,
+                          f"extent: largest 3-D component spans slices {extent[0]}-{extent[1]}")
+    if evidence is None:
+        raise ValueError("rule 'support' needs the support's calibration (support_evidence)")
+    choice = choose_slices(per_part, evidence)
+    if choice.extent is None:
+        return RuleResult(empty, None, f"support: organ not found, no {choice.detail}")
+    return RuleResult(masks_by_part(per_part, *choice.extent), choice.extent,
+                      f"support: slices {choice.extent[0]}-{choice.extent[1]}, {choice.detail}")

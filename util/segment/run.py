@@ -33,7 +33,7 @@ from util.protocol import (Support, SupportScan, assign_parts, build_support, fo
                            predict_one_at_a_time, predict_volume)
 from util.segment.checkpoint_info import build_segmenter
 from util.segment.inputs import Plan, SegmentRequest, mask_name, preflight, query_stem
-from util.segment.rule import label_free_mask, predict_every_part
+from util.segment.rule import label_free_mask, predict_every_part, support_evidence
 from util.segment.volumes import (Prepared, mask_volume_ml, normalise_prepared, prepare_query,
                                   prepare_support, range_to_training, support_stats, write_mask)
 
@@ -65,7 +65,8 @@ class QueryResult:
 @dataclasses.dataclass
 class SegmentReport:
     """What a call did: per-query results, the CSV, and how many slices went through the
-    encoder (support once per call; each query slice once)."""
+    encoder (the support's part slices once per call, and with the ``support`` rule each of its
+    slices once more for the calibration; each query slice once)."""
     results: list[QueryResult]
     csv: Path
     support_slices: list[int]
@@ -176,6 +177,22 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
     support_z = [p.slices[0][1] for p in support.parts]
     log.info("support %s: label %d on training slices %s (parts of %d)", sup.name, req.label,
              support_z, npart)
+
+    def every_part(image_hwz: np.ndarray, on_batch=None) -> np.ndarray:
+        """npart x Z x H x W margins of every slice against every part."""
+        if one_at_a_time:
+            return _every_part_one_at_a_time(model, support, image_hwz, device=device,
+                                             val_wsize=plan.checkpoint.val_wsize, on_batch=on_batch)
+        return predict_every_part(model, support, image_hwz, batch_size=req.batch_size,
+                                  device=device, val_wsize=plan.checkpoint.val_wsize,
+                                  on_batch=on_batch)
+
+    evidence, calibration_encoded = None, 0
+    if req.z_range is None and req.rule == "support":   # the support's own slices as queries
+        evidence = support_evidence(every_part(sup.image), np.moveaxis(sup.label, -1, 0) > 0)
+        calibration_encoded = sup.n_slices
+        log.info("support %s calibrated: slice score threshold %.2f (balanced accuracy %.2f on "
+                 "its own %d slices)", sup.name, evidence.threshold, evidence.accuracy, sup.n_slices)
     out = Path(req.out)
     results: list[QueryResult] = []
     encoded = 0
@@ -193,17 +210,12 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
             else:
                 bar.total += scan.n_slices
                 bar.refresh()
-                if one_at_a_time:
-                    per_part = _every_part_one_at_a_time(model, support, scan.image, device=device,
-                                                         val_wsize=plan.checkpoint.val_wsize,
-                                                         on_batch=bar.update)
-                else:
-                    per_part = predict_every_part(model, support, scan.image,
-                                                  batch_size=req.batch_size, device=device,
-                                                  val_wsize=plan.checkpoint.val_wsize,
-                                                  on_batch=bar.update)
-                mask, used = label_free_mask(per_part, req.rule)
-                how, n_enc = f"label-free ({req.rule})", scan.n_slices
+                chosen = label_free_mask(every_part(scan.image, bar.update), req.rule, evidence)
+                mask, used = chosen.mask, chosen.extent
+                how, n_enc = f"label-free {chosen.how}", scan.n_slices
+                if not chosen.found:
+                    log.warning("%s: label %d not found, its mask is empty (%s)", scan.name,
+                                req.label, chosen.how)
             encoded += n_enc
             target = out / mask_name(path, req.label)
             written = write_mask(mask, scan, req.label, target)
@@ -216,7 +228,8 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
                                        scan.n_slices, used, how))
             log.info("%s: %d voxels, %.1f mL (%s)", target, voxels, ml, how)
     csv_path = write_csv(results, out / csv_name(req.label))
-    return SegmentReport(results, csv_path, support_z, npart, encoded, time.perf_counter() - start)
+    return SegmentReport(results, csv_path, support_z, npart + calibration_encoded, encoded,
+                         time.perf_counter() - start)
 
 
 def write_csv(results: list[QueryResult], target: Path) -> Path:
