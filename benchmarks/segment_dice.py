@@ -2,9 +2,9 @@
 
 ``python -m benchmarks.segment --dice CHECKPOINT [--data-dir DIR] [--cache DIR] [--json FILE]``
 
-The checkpoint's own config says what is measured (STYLE §1, config travels as data): the fold
-(``eval_fold``: its validation scans, the last one as support, as ``support_idx = [-1]``
-chooses) and the organs tested in its setting (``label_sets``). Every scan is read and
+The checkpoint's own config says what is measured (the configuration travels as data, never
+parsed from a file name): the fold (``eval_fold``: its validation scans, the last one as
+support, as ``support_idx = [-1]`` chooses) and the organs tested in its setting (``label_sets``). Every scan is read and
 normalised as ``segment.py --preprocessed`` reads it; each slice is encoded once and scored by
 every part of each organ's support (:func:`util.segment.rule.margins_every_part`), the support
 scan's own slices too (the calibration of the ``support`` rule). Per query and organ:

@@ -304,9 +304,9 @@ class FewShotSeg(nn.Module):
     def _alignment_loss(self, qry_fts: torch.Tensor, scores: torch.Tensor,
                         supp_fts: torch.Tensor, fore_mask: torch.Tensor,
                         back_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """PANet prototype alignment (SPEC §4): segment each support with the query's predicted
-        masks as "support"; cross-entropy against the support label (1 in the fg mask, 0 in the
-        bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
+        """PANet prototype alignment (docs/method.md, 'Model (ALPNet)'): segment each support with
+        the query's predicted masks as "support"; cross-entropy against the support label (1 in the
+        fg mask, 0 in the bg mask, ignored elsewhere), / shots / ways; the mean over the batch items.
 
         An item whose predicted query background has no pooled cell above the threshold has no
         background prototype: its loss is 0 (it still counts in the mean) and it is listed.
