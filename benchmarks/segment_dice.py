@@ -5,9 +5,10 @@
 The checkpoint's own config says what is measured (the configuration travels as data, never
 parsed from a file name): the fold (``eval_fold``: its validation scans, the last one as
 support, as ``support_idx = [-1]`` chooses) and the organs tested in its setting
-(``label_sets``). Every scan is read and normalised as ``segment.py --preprocessed`` reads it; each slice is encoded once and scored by
-every part of each organ's support (:func:`util.segment.rule.margins_every_part`), the support
-scan's own slices too (the calibration of the ``support`` rule). Per query and organ:
+(``label_sets``). Every scan is read and normalised as ``segment.py --preprocessed`` reads it;
+each slice is encoded once and scored by every part of each organ's support
+(:func:`util.segment.rule.margins_every_part`), the support scan's own slices too (the
+calibration of the ``support`` rule). Per query and organ:
 
 - ``protocol``: the mask of ``segment.py --z-range`` with the ground-truth range (= validation);
 - each rule of :data:`util.segment.rule.RULES`: whole-volume Dice, and Dice on the organ's true
