@@ -35,7 +35,7 @@ DATASET = "CHAOST2"
 SCALE = "MIDDLE"
 QUICK_SCANS = 2
 # lowest per-scan agreement with the published superpixels inside the body mask, measured on
-# all 20 real CHAOS scans (docs/data.md, 'Pseudolabels'), rounded down
+# all 20 real CHAOS scans (docs/method.md, 'Superpixel pseudolabels'), rounded down
 MIN_AGREEMENT_IN_BODY = 0.9976    # scan 1: 99.767 % (all voxels: 99.89 %)
 
 
