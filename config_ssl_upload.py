@@ -9,11 +9,17 @@ from __future__ import annotations
 import logging
 import os
 
-from sacred import SETTINGS, Experiment
-from sacred.observers import FileStorageObserver
+from util.log import silence_known_warnings
 
-from data.cards import SUPERPIX_SUFFIX, known_cards, load_card
-from util.distributed import launch_rank
+silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
+
+from sacred import SETTINGS, Experiment  # noqa: E402
+from sacred.observers import FileStorageObserver  # noqa: E402
+
+from data.cards import SUPERPIX_SUFFIX, known_cards, load_card  # noqa: E402
+from util.config_check import unified_data_dirs  # noqa: E402
+from util.distributed import launch_rank  # noqa: E402
+from util.run_record import record_run_sources  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "sys"          # the console goes into cout.txt (the original's stayed empty)
 SETTINGS.CONFIG.READ_ONLY_CONFIG = True
@@ -120,14 +126,32 @@ def cfg():
     path = default_paths()
 
 
+RESOLVE_COMMAND = "resolve_config"     # the entry points' pre-flight (no run directory)
+
+
 @ex.config_hook
 def add_observer(config, command_name, logger):
-    """Rank 0 alone owns the run directory ``<log_dir>/mySSL_<exp_str>/<run id>/``."""
+    """One data folder per dataset (``path.<CARD>_Superpix.data_dir`` and ``path.<CARD>.data_dir``
+    hold the same value; two different given values are refused, see util/config_check.py);
+    the run's main file, sources and dependencies; rank 0 alone owns the run directory
+    ``<log_dir>/mySSL_<exp_str>/<run id>/``."""
+    if command_name != RESOLVE_COMMAND:     # the pre-flight keeps the keys as given, to name them
+        paths = unified_data_dirs(config)
+        if paths is not None:
+            config = {**config, "path": paths}
+        record_run_sources(ex, command_name)
     ex.observers[:] = [o for o in ex.observers if not isinstance(o, FileStorageObserver)]
     if launch_rank() == 0:
         exp_name = f"{ex.path}_{config['exp_str']}"
         ex.observers.append(FileStorageObserver(os.path.join(config["path"]["log_dir"], exp_name)))
     return config
+
+
+@ex.command(unobserved=True)
+def resolve_config(_config):
+    """Compute the config of the given updates and named configs, run nothing, write nothing
+    (the entry points check it before the real run)."""
+    return dict(_config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,19 +2,32 @@
 
 Wiring only: check the config, join the distributed launch (torchrun/srun) if any, and call
 ``util.trainer.train``. Rank 0 alone owns the Sacred run directory, logs and snapshots.
+From the command line the config is checked before Sacred creates a run (``util.entry``): a
+mistake is one ``error:`` line and exit status 2 (docs/training.md, "Mistakes and exit codes").
 """
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
-from sacred.observers import FileStorageObserver
+from util.log import silence_known_warnings
 
-from config_ssl_upload import ex
-from util.config_check import check_config
-from util.distributed import cleanup, init_distributed, launch_rank
-from util.log import setup_logging
-from util.trainer import train
+silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
+
+from sacred.observers import FileStorageObserver  # noqa: E402
+
+# loaded now, not lazily during the run, so that the run's sources list them (util/run_record.py)
+import dataloaders.manual_dataset  # noqa: E402,F401
+import dataloaders.superpix_dataset  # noqa: E402,F401
+import models.grid_proto_fewshot  # noqa: E402,F401
+from config_ssl_upload import ex  # noqa: E402
+from util.config_check import check_config, check_run  # noqa: E402
+from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
+from util.entry import run_command_line  # noqa: E402
+from util.log import setup_logging  # noqa: E402
+from util.signals import raise_if_stopped  # noqa: E402
+from util.trainer import train  # noqa: E402
 
 log = logging.getLogger("main")
 
@@ -30,12 +43,19 @@ def main(_run, _config):
         log.info("###### Unseen labels evaluated in testing: %s ######", summary.test_labels)
         log.info("###### Training scans: %s (validation fold %d: %s) ######", summary.train_ids,
                  _config["eval_fold"], summary.val_ids)
-        return train(_config, card=summary.card, data_dir=summary.data_dir, train_ids=summary.train_ids,
-                     info=info, run=_run if info.is_main else None, run_dir=run_dir,
-                     experiment_dir=Path(_config["path"]["log_dir"]) / f"{ex.path}_{_config['exp_str']}")
+        result = train(_config, card=summary.card, data_dir=summary.data_dir, train_ids=summary.train_ids,
+                       info=info, run=_run if info.is_main else None, run_dir=run_dir,
+                       experiment_dir=Path(_config["path"]["log_dir"]) / f"{ex.path}_{_config['exp_str']}")
+        raise_if_stopped(result, argv=sys.orig_argv, is_main=info.is_main)   # INTERRUPTED, exit 3
+        return result
     finally:
         cleanup()
 
 
+def check_training(config) -> None:
+    """The pre-flight of a training run (``util.config_check.check_run``, mode 'train')."""
+    check_run(config, "train")
+
+
 if __name__ == "__main__":
-    ex.run_commandline()
+    sys.exit(run_command_line(ex, sys.argv, main_command="main", check=check_training))

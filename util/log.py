@@ -1,15 +1,48 @@
-"""The project's one logging setup: INFO on rank 0, WARNING on other ranks.
+"""The project's one logging setup: INFO on rank 0, WARNING on other ranks; a quiet console.
 
-Modules use ``log = logging.getLogger(__name__)``; entry points call :func:`setup_logging` once.
+Modules use ``log = logging.getLogger(__name__)``; entry points call :func:`setup_logging` once,
+:func:`silence_known_warnings` before importing sacred and :func:`plain_console` before a run.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from typing import TextIO
 
-__all__ = ["setup_logging", "LOG_FORMAT"]
+__all__ = ["setup_logging", "LOG_FORMAT", "silence_known_warnings", "plain_console"]
 
 LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
+# sacred 0.8.7 imports pkg_resources, which setuptools deprecates with a UserWarning on import
+PKG_RESOURCES_WARNING = r"pkg_resources is deprecated"
+# sacred.commands' colour constants (print_config, named configs, repositories)
+_SACRED_COLOURS = ("COLOR_DIRTY", "COLOR_TYPECHANGED", "COLOR_ADDED", "COLOR_MODIFIED",
+                   "COLOR_DOC", "ENDC")
+
+
+def silence_known_warnings() -> None:
+    """Hide the pkg_resources deprecation warning that importing sacred prints (harmless: the
+    pinned setuptools<81 still ships it). Call before sacred is imported."""
+    warnings.filterwarnings("ignore", message=PKG_RESOURCES_WARNING, category=UserWarning)
+    warnings.filterwarnings("ignore", message=PKG_RESOURCES_WARNING, category=DeprecationWarning)
+
+
+def plain_console(stream: TextIO | None = None) -> bool:
+    """Drop sacred's ANSI colour codes when ``stream`` (default stdout) is not a terminal.
+
+    Returns:
+        True when colours were switched off.
+    """
+    stream = stream or sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return False
+    import sacred.commands as commands
+
+    for name in _SACRED_COLOURS:
+        setattr(commands, name, "")
+    commands.LEGEND = "(modified, added, typechanged, doc)"
+    return True
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

@@ -1,0 +1,165 @@
+"""The command line of ``training.py`` and ``validation.py``: a pre-flight, then Sacred.
+
+Before Sacred creates a run (and its run directory), :func:`run_command_line`
+
+1. parses the ``with`` updates exactly as Sacred does (its docopt usage and
+   ``sacred.arg_parser.get_config_updates``);
+2. refuses unknown named configs and config keys, suggesting the closest name (difflib), and
+   values whose type cannot work (``n_steps=ten``);
+3. computes the config through Sacred itself, with the unobserved command ``resolve_config``
+   (config scopes, named configs and config hooks, no observer, nothing written; the data
+   keys stay as given, so errors name the key the user set);
+4. runs the entry point's check on it (``util.config_check.check_run``).
+
+A mistake found there is printed as one ``error: ...`` line and the process exits with status
+2 (docs/training.md, "Mistakes and exit codes"); otherwise ``ex.run_commandline`` runs the
+command as usual. Resolving through Sacred rather than re-implementing its config logic keeps
+the pre-flight's config identical to the run's.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from docopt import DocoptExit, docopt
+from sacred.arg_parser import get_config_updates
+from sacred.utils import SacredError
+
+from util.config_check import unified_data_dirs
+from util.log import plain_console
+from util.signals import TrainingInterrupted
+from util.user_errors import UserError, did_you_mean, flat_keys, report
+
+__all__ = ["run_command_line", "preflight", "EXIT_OK"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+RESOLVE_COMMAND = "resolve_config"          # registered in config_ssl_upload.py
+CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".pickle")   # Sacred's config-file updates
+
+
+def _parse(ex: Any, argv: Sequence[str]) -> tuple[str, dict, list[str]] | None:
+    """(command, config updates, named configs), or None when Sacred handles the line itself
+    (help, usage errors, unknown commands)."""
+    _, _, internal_usage = ex.get_usage()
+    try:
+        args = docopt(internal_usage, [str(a) for a in argv[1:]], default_help=False)
+    except DocoptExit:
+        return None
+    command = args.get("COMMAND") or ex.default_command
+    if args["help"] or args["--help"] or command not in ex.commands:
+        return None
+    updates, named = get_config_updates(args["UPDATE"])
+    return command, updates, named
+
+
+def _all_paths(tree: Mapping[str, Any]) -> set[str]:
+    """Every dotted key of a nested mapping, groups included (``task`` and ``task.n_ways``)."""
+    out: set[str] = set()
+    for leaf in flat_keys(tree):
+        parts = leaf.split(".")
+        out.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return out
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_value_type(key: str, value: Any, default: Any) -> None:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"bad config: {key}={value!r} must be True or False")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"bad config: {key}={value!r} must be an integer (default {default})")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"bad config: {key}={value!r} must be a number (default {default})")
+
+
+def _check_names(ex: Any, updates: Mapping[str, Any], named: Sequence[str], script: str) -> None:
+    """Unknown named configs and keys, with the closest known name; values of the wrong type."""
+    for name in named:
+        if name not in ex.named_configs and not name.endswith(CONFIG_FILE_SUFFIXES):
+            raise UserError(f"unknown named config {name}{did_you_mean(name, ex.named_configs)}: "
+                            f"`python3 {script} print_named_configs` lists them")
+    defaults = ex.configurations[0]()
+    known = _all_paths(defaults)
+    for key in flat_keys(updates):
+        if key not in known:
+            raise UserError(f"unknown config key {key}{did_you_mean(key, flat_keys(defaults))}: "
+                            f"`python3 {script} print_config` lists every key")
+        _check_value_type(key, _lookup(updates, key), _lookup(defaults, key))
+
+
+def _resolve(ex: Any, updates: dict, named: list[str]) -> Mapping[str, Any]:
+    """The config Sacred computes for these updates, without observers or output files."""
+    sacred_log = logging.getLogger(ex.path)
+    level = sacred_log.level
+    sacred_log.setLevel(logging.ERROR)               # no 'Running command' lines for this
+    try:
+        run = ex.run(RESOLVE_COMMAND, config_updates=updates, named_configs=named)
+    except UserError:
+        raise
+    except SacredError as err:
+        raise UserError(str(err).splitlines()[0]) from err
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as err:
+        raise UserError(f"bad config: the config cannot be computed from the given values "
+                        f"({type(err).__name__}: {err})") from err
+    finally:
+        sacred_log.setLevel(level)
+    return run.result
+
+
+def preflight(ex: Any, argv: Sequence[str], *, main_command: str,
+              check: Callable[[Mapping[str, Any]], Any]) -> Mapping[str, Any] | None:
+    """Check the command line ``argv`` before any run exists.
+
+    Args:
+        ex: the Sacred experiment.
+        argv: ``sys.argv`` (script name first).
+        main_command: the entry point's command; ``check`` runs only for it.
+        check: called with the resolved config; raises :class:`UserError`.
+    Returns:
+        the resolved config, or None when Sacred handles the line itself (help, usage).
+    Raises:
+        UserError: the first mistake found.
+    """
+    parsed = _parse(ex, argv)
+    if parsed is None:
+        return None
+    command, updates, named = parsed
+    _check_names(ex, updates, named, Path(argv[0]).name if argv else "training.py")
+    config = _resolve(ex, updates, named)
+    unified_data_dirs(config)                  # two different data folders given: refused
+    if command == main_command:
+        check(config)
+    return config
+
+
+def run_command_line(ex: Any, argv: Sequence[str], *, main_command: str,
+                     check: Callable[[Mapping[str, Any]], Any]) -> int:
+    """:func:`preflight`, then ``ex.run_commandline(argv)``.
+
+    Returns:
+        the process exit status: 0 when the command ran, 2 for a user mistake (one ``error:``
+        line on stderr; ``ALPNET_TRACEBACK=1`` adds the traceback), 3 (``EXIT_INTERRUPTED``)
+        when a stop signal ended training early (the resume command was printed). Sacred
+        itself exits with 1 (traceback) when the run fails.
+    """
+    plain_console()
+    try:
+        preflight(ex, argv, main_command=main_command, check=check)
+    except UserError as err:
+        return report(err)
+    try:
+        ex.run_commandline(list(argv))
+    except TrainingInterrupted as stop:     # stopped by a signal: recorded INTERRUPTED
+        return stop.exit_code
+    return EXIT_OK
