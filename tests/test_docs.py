@@ -22,9 +22,16 @@ INTERNAL = re.compile(r"SPEC(\.md)? ?§|SPEC\.md|SPEC [0-9]|[Ii]ssue [0-9]+|\(is
 
 
 def tracked_files() -> list[Path]:
-    """Files git tracks plus untracked, not ignored ones (what a commit would ship)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """Files git tracks plus untracked, not ignored ones (what a commit would ship); without git
+    (an unpacked archive) every file outside hidden folders, ``runs/`` and ``data/`` outputs."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        skip = {"runs", "__pycache__"}
+        return [p for p in ROOT.rglob("*") if p.is_file()
+                and not any(part.startswith(".") or part in skip for part in p.relative_to(ROOT).parts)
+                and not (p.relative_to(ROOT).parts[0] == "data" and p.suffix == ".gz")]
     return [ROOT / line for line in out.splitlines() if (ROOT / line).is_file()]
 
 
