@@ -5,19 +5,21 @@ validation protocol does it (docs/method.md, 'Validation protocol';
 ``util.protocol.assign_parts``) and only the slices of the range are predicted: on a benchmark
 scan with its ground-truth range the mask equals the one validation scores.
 
-Without it no ground truth is used. The label-free rule (``extent``, the default):
+Without it nothing of the query but its image is used. Every query slice is predicted with the
+support slice of every part (the query is encoded once; only the prototype head runs ``npart``
+times): :func:`predict_every_part` gives npart x Z x H x W margins (organ minus background
+logit). The rules (``RULES``):
 
-1. every query slice is predicted with the support slice of every part (the query is encoded
-   once; only the prototype head runs ``npart`` times);
-2. the slices are combined by the largest foreground probability over the parts (a pixel is
-   organ when any part's prediction says so) and the largest 3-D connected component of that
-   mask gives the organ's estimated first and last slice;
-3. inside that estimated extent each slice takes the prediction of the part that the protocol
-   would assign it to (``assign_parts`` over the estimate), outside it is background.
+- ``support`` (the default): the organ's slices are the maximum-sum run of the slice score over a
+  threshold calibrated on the support scan's own slices (:mod:`util.segment.calibrate`); a query
+  with no slice above it gets an empty mask. Inside the run each slice takes the prediction of
+  the part the protocol would assign it to (``assign_parts`` over the run), outside background.
+- ``extent``: the union over the parts (a pixel is organ when any part predicts it); its largest
+  3-D connected component gives the first and last slice; parts assigned inside as above.
+- ``max``: the union over the parts on every slice (no extent).
 
-The rule ``max`` stops after step 2 (every slice, no extent); it is kept for comparison.
-docs/segment.md, 'Measured on the real CHAOS scans', reports the Dice of both against the
-protocol's.
+docs/segment.md, 'Label-free rule' and 'Measured on the real CHAOS scans', explains them and
+reports their Dice against the protocol's.
 """
 from __future__ import annotations
 
