@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CARD = "CHAOST2"
 SMALLEST_F16 = np.float16(6e-8)   # a positive float16 (subnormal): keeps the sign of tiny margins
+F16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _key(checkpoint: Path) -> str:
 
 def _to_f16(margins: np.ndarray) -> np.ndarray:
     """float16 copy of ``margins`` whose ``> 0`` equals the original's."""
-    out = margins.astype(np.float16)
+    out = np.clip(margins, -F16_MAX, F16_MAX).astype(np.float16)
     out[(margins > 0) & ~(out > 0)] = SMALLEST_F16
     return out
 
