@@ -18,12 +18,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["make_episode", "EpisodeBatchSampler", "episode_loader", "ignore_stop_signals",
-           "build_training_dataset",
+           "init_worker", "WORKER_THREADS", "build_training_dataset",
            "SUPPORT_CLASS"]
 
 log = logging.getLogger(__name__)
 
 SUPPORT_CLASS = 1       # foreground value of the binary episode masks (docs/method.md, 'Training episodes')
+# threads of each loader worker (OpenCV and torch): a rank and its workers share the cores srun
+# gives the task (-c); OpenCV would otherwise start one thread per core of the node in each worker
+WORKER_THREADS = 1
 
 
 def make_episode(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], n_shots: int,
@@ -88,13 +91,22 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker init: stop signals ignored (``ignore_stop_signals``) and
+    ``WORKER_THREADS`` OpenCV and torch threads per worker."""
+    ignore_stop_signals(worker_id)
+    import cv2
+    cv2.setNumThreads(WORKER_THREADS)
+    torch.set_num_threads(WORKER_THREADS)
+
+
 def episode_loader(dataset: Dataset, *, start: int, batch_size: int, num_workers: int,
                    pin_memory: bool = False) -> DataLoader:
     """A DataLoader over episodes ``start, start + 1, ...`` in batches of ``batch_size``."""
     return DataLoader(dataset, batch_sampler=EpisodeBatchSampler(start, batch_size),
                       num_workers=int(num_workers), pin_memory=pin_memory,
                       persistent_workers=False,
-                      worker_init_fn=ignore_stop_signals if int(num_workers) > 0 else None)
+                      worker_init_fn=init_worker if int(num_workers) > 0 else None)
 
 
 def build_training_dataset(cfg: dict, card: Any, *, data_dir: str, train_ids: Sequence[int],

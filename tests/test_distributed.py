@@ -230,3 +230,73 @@ def test_two_srun_ranks_meet_on_the_port_of_the_job_id():
                     timeout=60)
     port = D.PORT_BASE + job_id % D.PORT_SPAN
     assert out == [(0, 2, port, 2.0), (1, 2, port, 2.0)]
+
+
+# ---- a failed alignment pass among good episodes, 2 ranks -----------------------------------
+
+HW = 128
+
+
+def _align_episode(kind: str, seed: int) -> tuple[torch.Tensor, ...]:
+    """Support: noise with a constant right half (the foreground). Query 'bad': constant
+    everywhere, so the model predicts foreground everywhere and its alignment pass finds no
+    background prototype; 'good': noise with a constant bottom half.
+    Returns (support 1 x 3 x H x W, fg 1 x H x W, query 1 x 3 x H x W, query label 1 x H x W)."""
+    g = torch.Generator().manual_seed(seed)
+    sup = torch.randn(1, 3, HW, HW, generator=g)
+    sup[..., HW // 2:] = 2.0
+    fg = torch.zeros(1, HW, HW)
+    fg[..., HW // 2:] = 1.0
+    if kind == "bad":
+        qry, label = torch.full((1, 3, HW, HW), 2.0), torch.ones(1, HW, HW)
+    else:
+        qry = torch.randn(1, 3, HW, HW, generator=g)
+        qry[..., HW // 2:, :] = 2.0
+        label = torch.zeros(1, HW, HW)
+        label[:, HW // 2:] = 1.0
+    return sup, fg, qry, label
+
+
+def _align_batch(kinds: list[str], first_index: int) -> dict:
+    eps = [_align_episode(k, first_index + i) for i, k in enumerate(kinds)]
+    sup, fg, qry, label = (torch.cat([e[j] for e in eps]) for j in range(4))
+    return {"support_images": [[sup]], "support_mask": [[{"fg_mask": fg, "bg_mask": 1.0 - fg}]],
+            "query_images": [qry], "query_labels": [label.long()],
+            "index": torch.arange(first_index, first_index + len(kinds))}
+
+
+def _align_step_body() -> dict:
+    from util.trainer import (build_criterion, build_model, build_optimizer, build_scheduler,
+                              episode_errors, train_step)
+    info = D.init_distributed(0, force_cpu=True)
+    cfg = {"model": {"align": True, "init_weights": "random", "which_model": "dlfcn_res18"},
+           "optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
+           "lr_milestones": [1000], "lr_step_gamma": 0.95}
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    opt, before = build_optimizer(model, cfg), [p.detach().clone() for p in model.parameters()]
+    sched = build_scheduler(opt, cfg)
+    net = D.wrap_ddp(model, info)
+    batch = _align_batch(["bad", "good"] if info.rank == 0 else ["good", "good"], 10 * info.rank)
+    res = train_step(net, batch, opt, sched, criterion=build_criterion(use_wce=True, ignore_label=255,
+                                                                        device=info.device),
+                     device=info.device, skip_errors=episode_errors())
+    moved = sum(float((p.detach() - b).abs().sum()) for p, b in zip(model.parameters(), before))
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {"res": res, "failures": list(model.align_failures), "moved": moved,
+            "weights": weights[:1000].tolist(), "sched_step": sched.last_epoch}
+
+
+def test_failed_alignment_episode_does_not_skip_the_step_on_two_ranks():
+    """Rank 0's first episode fails its alignment pass (a real EmptyPrototypeError condition:
+    its query is predicted foreground everywhere); every other episode is good. The step is taken
+    on both ranks with identical weights; rank 0 counts one zeroed alignment loss, and its other
+    episode's alignment loss still counts."""
+    out = run_ranks(_align_step_body, timeout=180)
+    assert [r["failures"] for r in out] == [[0], []]
+    assert [r["res"]["skipped"] for r in out] == [0.0, 0.0]
+    assert [r["res"]["align_failed"] for r in out] == [1.0, 0.0]
+    assert all(r["sched_step"] == 1 and r["moved"] > 0 for r in out)      # optimizer and scheduler stepped
+    assert out[0]["weights"] == out[1]["weights"]                         # DDP: the same update
+    assert out[0]["res"]["align_loss"] > 0 and out[1]["res"]["align_loss"] > 0

@@ -6,10 +6,11 @@ Phases are module-level functions with their state passed in: ``build_criterion`
 only wires the Sacred config into ``train``.
 
 Per step (``train_step``): forward (autocast in ``bf16``), weighted cross-entropy on the query
-plus the alignment loss, then the ranks agree on three flags in one all-reduce: the episode
+plus the alignment loss, then the ranks agree on three flags in one all-reduce: the query pass
 failed (the model's explicit empty-prototype error: skipped on every rank, scheduler not stepped,
-as the reference), the loss is not finite (the run stops, naming the step), a stop signal arrived
-(rank 0 saves after this step, all exit). Then backward, SGD step, MultiStepLR step.
+as the reference; a failed alignment pass only zeroes that episode's alignment loss), the loss
+is not finite (the run stops, naming the step), a stop signal arrived (rank 0 saves after this
+step, all exit). Then backward, SGD step, MultiStepLR step.
 
 Effective batch = ``batch_size`` x world size; the learning rate is not scaled (DDP averages the
 gradients), so one GPU with ``batch_size=1`` is exactly the reference's setting. Each episode's
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -29,9 +29,10 @@ from torch import nn
 from tqdm import tqdm
 
 from dataloaders.episodes import build_training_dataset, episode_loader
+from util.backends import apply_compute_settings
 from util.checkpoint import load_alpnet_weights, save_snapshot, to_plain
 from util.figures import plot_loss_curves
-from util.distributed import DistInfo, broadcast_object, is_dist, wrap_ddp
+from util.distributed import DistInfo, broadcast_object, is_dist, unwrap, wrap_ddp
 from util.resume import SNAPSHOT_DIR, TrainState, find_resume_snapshot, restore_snapshot, resume_path
 from util.rng import rng_states, seed_everything
 from util.signals import StopFlag
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 WCE_WEIGHTS = (0.05, 1.0)      # class weights (background, foreground) with use_wce
 CURVES_PNG = "loss_curves.png"
 TQDM_MININTERVAL_S = 5.0
-CUBLAS_WORKSPACE = ":4096:8"   # deterministic cuBLAS (PyTorch reproducibility notes)
 MAX_CONSECUTIVE_SKIPS = 100    # failed batches in a row before the run gives up with an error
 
 
@@ -137,20 +137,32 @@ def train_step(model: nn.Module, episode: Mapping[str, Any], optimizer: torch.op
     ``stop_requested`` (a bool, or a callable read after the forward) joins the flags the ranks
     agree on, so a signal that arrives during the step stops training after it.
 
+    Only the query pass can fail a step (``skip_errors``: the support's background has no local
+    prototype). An episode whose *alignment* pass has no background prototype (its query predicted
+    foreground almost everywhere, frequent early in training) only gets alignment loss 0: the step
+    is taken with every episode's query loss and the other episodes' alignment losses, so
+    failures do not multiply with the number of ranks.
+
     Returns:
-        ``loss`` (query cross-entropy), ``align_loss``, ``skipped`` (1.0: an episode failed on
-        some rank, nothing was updated), ``stop`` (1.0: a stop was requested on some rank).
+        ``loss`` (query cross-entropy), ``align_loss``, ``skipped`` (1.0: a query pass failed on
+        some rank, nothing was updated), ``stop`` (1.0: a stop was requested on some rank),
+        ``align_failed`` (episodes of this rank whose alignment loss was zeroed).
     Raises:
         NonFiniteLossError: the loss is NaN/inf on some rank (before any update).
     """
     supp, fg, bg, qry, labels = episode_inputs(episode, device)
     optimizer.zero_grad(set_to_none=True)
-    failed, values, total = False, [math.nan, math.nan], None
+    failed, values, total, align_failed = False, [math.nan, math.nan], None, []
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(supp, fg, bg, qry, isval=False, val_wsize=None)
         total, query, align = loss(out[0], labels, out[1], criterion)
         values = torch.stack([query.detach(), align.detach().reshape(())]).tolist()
+        align_failed = list(getattr(unwrap(model), "align_failures", []))
+        if align_failed:
+            indices = _indices(episode)
+            log.info("alignment loss 0 for episode(s) %s (no background prototype in the "
+                     "predicted query)", [indices[i] if i < len(indices) else i for i in align_failed])
     except skip_errors as err:          # the model's explicit, documented failure only
         failed = True
         log.warning("episode(s) %s skipped: %s", _indices(episode), err)
@@ -161,11 +173,13 @@ def train_step(model: nn.Module, episode: Mapping[str, Any], optimizer: torch.op
         raise NonFiniteLossError(f"loss {values[0]}, align_loss {values[1]} on episode(s) "
                                  f"{_indices(episode)}")
     if failed:
-        return {"loss": math.nan, "align_loss": math.nan, "skipped": 1.0, "stop": float(stop)}
+        return {"loss": math.nan, "align_loss": math.nan, "skipped": 1.0, "stop": float(stop),
+                "align_failed": 0.0}
     total.backward()
     optimizer.step()
     scheduler.step()
-    return {"loss": values[0], "align_loss": values[1], "skipped": 0.0, "stop": float(stop)}
+    return {"loss": values[0], "align_loss": values[1], "skipped": 0.0, "stop": float(stop),
+            "align_failed": float(len(align_failed))}
 
 
 def _indices(episode: Mapping[str, Any]) -> list[int]:
@@ -230,13 +244,8 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
     device, is_main = info.device, info.rank == 0
     if device.type == "cpu":
         log.info("no GPU in use: training on the CPU")
-    previous_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(bool(cfg["deterministic"]))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg["deterministic"]
-        if cfg["deterministic"]:
-            # cuBLAS needs a fixed workspace for deterministic results (read at its first use)
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    # strict on the CPU, warn-only on GPUs; cudnn.benchmark per backend; restored afterwards
+    restore_settings = apply_compute_settings(deterministic=bool(cfg["deterministic"]), device=device)
     try:
         resume = resume_path(cfg, Path(experiment_dir) if experiment_dir else None, is_main)
         build_cfg = cfg
@@ -259,7 +268,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
         return _loop(cfg, net, optimizer, scheduler, dataset, state, info=info, run=run,
                      run_dir=Path(run_dir) if (run_dir and is_main) else None)
     finally:
-        torch.use_deterministic_algorithms(previous_det)
+        restore_settings()
 
 
 def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -295,6 +304,7 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
     saved_at = state.step if state.last_snapshot is not None else -1
     stopped: str | None = None
     consecutive = 0
+    align_zeroed = 0     # this rank's episodes whose alignment loss was 0 (no predicted background)
     bar = tqdm(total=n_steps, initial=state.step, disable=not is_main, unit="step", desc="train",
                mininterval=TQDM_MININTERVAL_S, file=sys.stderr)
     try:
@@ -327,6 +337,7 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
                             "proto_grid_size)")
                 else:
                     consecutive = 0
+                    align_zeroed += int(res.get("align_failed", 0))
                     state.step += 1
                     state.empty += int(torch.as_tensor(episode.get("empty_mask", 0)).sum())
                     interval.add(state.step, res["loss"], res["align_loss"])
@@ -354,9 +365,11 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
     result = {"status": "stopped" if stopped else "completed", "step": state.step,
               "snapshot": str(state.last_snapshot) if state.last_snapshot else None,
               "skipped_episodes": state.skipped, "empty_mask_episodes": state.empty,
+              "align_zeroed_episodes": align_zeroed,
               "episodes_drawn": state.next_episode, "n_steps": n_steps}
-    log.info("%d episode(s) skipped (model error), %d trained episode(s) had an empty superpixel mask",
-             state.skipped, state.empty)
+    log.info("%d episode(s) skipped (model error), %d trained episode(s) had an empty superpixel mask, "
+             "%d had alignment loss 0 (no predicted background; this rank, this session)",
+             state.skipped, state.empty, align_zeroed)
     if stopped:
         # the entry point turns this into an INTERRUPTED run and prints the resume command
         # (util.signals.raise_if_stopped)
