@@ -111,11 +111,12 @@ def _overlay_slices(mask_zyx: np.ndarray, n: int) -> list[int]:
     return [int(zs[i]) for i in sorted(set(picks.tolist()))]
 
 
-def _overlay(support: Support, scan: Prepared, mask_zyx: np.ndarray, label: int, n: int,
-             target: Path) -> Path:
+def _overlay(support: Support, sup: Prepared, scan: Prepared, mask_zyx: np.ndarray, label: int,
+             n: int, target: Path) -> Path:
     sup_row = [(f"support z={part.slices[0][1]} (part {i})", part.images[0],
-                part.fg[0].cpu().numpy() > 0.5) for i, part in enumerate(support.parts)]
-    qry_row = [(f"{scan.name} z={z}", scan.image[..., z], None, mask_zyx[z])
+                part.fg[0].cpu().numpy() > 0.5, sup.grid.GetDirection())
+               for i, part in enumerate(support.parts)]
+    qry_row = [(f"{scan.name} z={z}", scan.image[..., z], None, mask_zyx[z], scan.grid.GetDirection())
                for z in _overlay_slices(mask_zyx, n)]
     return plot_support_query([sup_row], qry_row, f"label {label}, training geometry", target)
 
@@ -222,7 +223,7 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
             voxels, ml = mask_volume_ml(written)
             png = None
             if req.overlay_slices > 0:
-                png = _overlay(support, scan, mask, req.label, req.overlay_slices,
+                png = _overlay(support, sup, scan, mask, req.label, req.overlay_slices,
                                target.with_name(target.name[: -len(".nii.gz")] + ".png"))
             results.append(QueryResult(path, target, png, int(req.label), voxels, ml,
                                        scan.n_slices, used, how))
