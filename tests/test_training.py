@@ -224,7 +224,107 @@ def test_resume_rejects_foreign_and_bare_checkpoints(tiny, tmp_path):
         run_train(config(tiny, resume_from=str(bare)), tmp_path / "b")
 
 
-def test_bf16_autocast_step(tiny, tmp_path):
-    res, model = run_train(config(tiny, n_steps=2, precision="bf16"), tmp_path / "run")
-    assert res["step"] == 2
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+# ------------------------------------------------------------------ the real FewShotSeg
+
+SMALL_HW = 64                       # ResNet-18 at output stride 8: 8 x 8 features
+BF16_LOGIT_TOL = 1.0                # logits are 20 x a cosine: bf16 keeps ~3 significant digits
+BF16_ARGMAX_AGREEMENT = 0.97
+BF16_LOSS_RTOL = 0.05
+SMALL_MODEL = {"which_model": "dlfcn_res18", "init_weights": "random", "align": True,
+               "feature_hw": [SMALL_HW // 8] * 2, "proto_grid_size": 4}
+
+
+def small_fewshot():
+    from models.grid_proto_fewshot import FewShotSeg
+
+    torch.manual_seed(0)
+    return FewShotSeg(in_channels=3, cfg=SMALL_MODEL)
+
+
+def small_episode(seed: int = 0) -> dict:
+    """A collated 1-way 1-shot episode (B = 1): smooth noise with a bright square organ, the
+    square shifted in the query."""
+    g = torch.Generator().manual_seed(seed)
+    img = F.interpolate(torch.randn(1, 1, 8, 8, generator=g), size=(SMALL_HW, SMALL_HW), mode="bilinear")
+    fg = torch.zeros(1, SMALL_HW, SMALL_HW)
+    fg[:, 16:40, 20:44] = 1.0
+    img = img + fg[:, None]
+    qry, qlab = torch.roll(img, (4, 4), (2, 3)), torch.roll(fg, (4, 4), (1, 2)).long()
+    return {"support_images": [[img.repeat(1, 3, 1, 1)]],
+            "support_mask": [[{"fg_mask": fg, "bg_mask": 1.0 - fg}]],
+            "query_images": [qry.repeat(1, 3, 1, 1)], "query_labels": [qlab], "index": torch.tensor([seed])}
+
+
+def test_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32():
+    """precision='bf16' in the real training step: the encoder's activations are bf16 (autocast
+    really on), the prototype head returns float32 (autocast off inside it), the weights stay
+    float32, and the logits and losses are close to those of float32."""
+    cfg = {"optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}, "lr_milestones": [1000],
+           "lr_step_gamma": 0.95}
+    seen: dict[str, list[torch.dtype]] = {"encoder": [], "head": []}
+    results, logits = {}, {}
+    for precision in ("fp32", "bf16"):
+        model = small_fewshot().train()
+        hooks = [model.encoder.register_forward_hook(lambda m, a, out: seen["encoder"].append(out.dtype)),
+                 model.cls_unit.register_forward_hook(lambda m, a, out: seen["head"].append(out.score.dtype))]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            ep = small_episode()
+            logits[precision] = model(*trainer.episode_inputs(ep, torch.device("cpu"))[:4], isval=False,
+                                      val_wsize=None)[0].float()
+        opt = trainer.build_optimizer(model, cfg)
+        results[precision] = trainer.train_step(model, small_episode(), opt, trainer.build_scheduler(opt, cfg),
+                                                criterion=trainer.build_criterion(use_wce=True, ignore_label=255,
+                                                                                  device=torch.device("cpu")),
+                                                device=torch.device("cpu"), precision=precision)
+        for h in hooks:
+            h.remove()
+        expected = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert seen["encoder"] and set(seen["encoder"]) == {expected}, (precision, seen["encoder"])
+        assert seen["head"] and set(seen["head"]) == {torch.float32}, (precision, seen["head"])
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+        seen = {"encoder": [], "head": []}
+    a, b = logits["fp32"], logits["bf16"]
+    assert a.shape == (1, 2, SMALL_HW, SMALL_HW)
+    assert (a - b).abs().max() < BF16_LOGIT_TOL, float((a - b).abs().max())
+    assert (a.argmax(1) == b.argmax(1)).float().mean() > BF16_ARGMAX_AGREEMENT
+    for key in ("loss", "align_loss"):
+        assert results["bf16"][key] == pytest.approx(results["fp32"][key], rel=BF16_LOSS_RTOL), key
+    assert (results["bf16"]["skipped"], results["fp32"]["skipped"]) == (0.0, 0.0)
+
+
+def test_a_real_empty_prototype_error_skips_the_step(tiny, tmp_path, monkeypatch, caplog):
+    """Episodes 1 and 2 get a support whose superpixel covers the whole slice (no background
+    cell): the real FewShotSeg raises EmptyPrototypeError in the query pass, the real loop skips
+    those batches without stepping the optimizer or the scheduler, and counts them."""
+    real_build = trainer.build_training_dataset
+    broken = {1, 2}
+
+    class WholeSliceSupport(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, index):
+            item = self.inner[index]
+            if int(index) in broken:
+                for way in item["support_mask"]:
+                    for shot in way:
+                        shot["fg_mask"] = torch.ones_like(shot["fg_mask"])
+                        shot["bg_mask"] = torch.zeros_like(shot["bg_mask"])
+            return item
+
+    monkeypatch.setattr(trainer, "build_training_dataset", lambda *a, **k: WholeSliceSupport(real_build(*a, **k)))
+    cfg = config(tiny, n_steps=3, save_snapshot_every=10)
+    cfg["model"] = {**cfg["model"], **SMALL_MODEL, "feature_hw": [tiny.hw // 8] * 2}
+    s = check_config(cfg)
+    with caplog.at_level(logging.WARNING, logger="util.trainer"):
+        res = trainer.train(cfg, card=s.card, data_dir=s.data_dir, train_ids=s.train_ids, info=CPU,
+                            run_dir=tmp_path / "run")
+    assert res["step"] == 3 and res["skipped_episodes"] == 2 and res["episodes_drawn"] == 5
+    skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skips) == 2 and all("query" in m for m in skips), skips
+    snap = read_snapshot(tmp_path / "run" / "snapshots" / "3.pth")
+    assert snap["lr_scheduler"]["last_epoch"] == 3               # stepped only after good batches
+    assert snap["optimizer"]["state"]                             # ... and the optimizer did step

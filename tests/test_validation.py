@@ -146,11 +146,72 @@ def test_several_snapshots_logged_with_their_step(tiny, snapshots, single_run, t
 
 
 def test_two_shot_uses_two_support_scans(tiny, snapshots, tmp_path):
-    # fold 0 with 2 shots: validation list 1..6, supports 5 and 6, queries 1..4
-    run, _, metrics = run_validation_exp(tiny, tmp_path, snapshots / "10.pth", write_figures=False,
-                                         task={"n_shots": 2}, num_workers=2)
-    assert np.array(metrics["mar_val_batches_rawDice"]["values"][0]).shape == (4, 2)
-    assert run.config["task"]["n_shots"] == 2
+    """fold 0 with 2 shots: validation list 1..6, supports 5 and 6, queries 1..4; scans read
+    by 2 threads give exactly the metrics and predictions of reading them one after the other."""
+    runs = {}
+    for workers in (2, 0):
+        run, run_dir, metrics = run_validation_exp(tiny, tmp_path / f"w{workers}", snapshots / "10.pth",
+                                                   write_figures=False, task={"n_shots": 2},
+                                                   num_workers=workers)
+        assert np.array(metrics["mar_val_batches_rawDice"]["values"][0]).shape == (4, 2)
+        assert run.config["task"]["n_shots"] == 2 and run.config["num_workers"] == workers
+        preds = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+                 for p in sorted((run_dir / "interm_preds").glob("*.nii.gz"))}
+        runs[workers] = ({k: v["values"] for k, v in metrics.items()}, preds)
+    assert runs[2][0] == runs[0][0]
+    assert runs[2][1].keys() == runs[0][1].keys() and len(runs[0][1]) == 8
+    assert all(np.array_equal(runs[2][1][k], runs[0][1][k]) for k in runs[0][1])
+
+
+def _alp_score(qry, feats, masks, *, local: bool, thresh: float = 0.95, wsize: int = 2):
+    """The ALP score written out (docs/method.md): B x C x h x w query features against the
+    prototypes of Sh x C x h x w support features with Sh x h x w masks. ``local``: the pooled
+    cells whose pooled mask exceeds ``thresh``, score = sum softmax(d) * d with d = 20 cos;
+    else one prototype, the average over the shots of each shot's masked feature average,
+    score = 20 cos."""
+    def unit(x, dim):
+        return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-4)
+
+    if local:
+        cells = torch.nn.functional.avg_pool2d(feats, wsize)                   # Sh x C x gh x gw
+        keep = torch.nn.functional.avg_pool2d(masks[:, None], wsize)[:, 0] > thresh
+        protos = cells.permute(0, 2, 3, 1)[keep]                               # K x C
+        d = 20.0 * torch.einsum("kc,bchw->bkhw", unit(protos, 1), unit(qry, 1))
+        return (torch.softmax(d, dim=1) * d).sum(dim=1)
+    per_shot = [(f * m).sum((1, 2)) / (m.sum() + 1e-5) for f, m in zip(feats, masks)]
+    proto = torch.stack(per_shot).mean(0)                                      # C
+    return 20.0 * torch.nn.functional.cosine_similarity(qry, proto[None, :, None, None], dim=1, eps=1e-4)
+
+
+def test_two_shot_prediction_is_the_hand_computed_prototype_average(tiny):
+    """2-shot logits equal the ALP scores written out by hand from both shots' features (the
+    background's local prototypes pooled over both shots, the foreground's prototype the average
+    of the two shots' masked averages), and differ from the 1-shot logits."""
+    from dataloaders.scans import load_scan
+    from util.protocol import encode_slices, predict_from_support
+
+    model = tiny_model()
+    scans = [load_scan(tiny.card, tiny.data_dir, sid, label=True) for sid in (5, 6, 2)]
+    organ, query = 2, scans[2]
+    zs = list(range(*organ_z_range(query.label, organ)))[:2]
+    with torch.inference_mode():
+        fts = encode_slices(model, query.image, zs)
+        one = build_support(model, [SupportScan(s.scan_id, s.image, s.label) for s in scans[:1]], organ, 1)
+        two = build_support(model, [SupportScan(s.scan_id, s.image, s.label) for s in scans[:2]], organ, 1)
+        got = {n: predict_from_support(model, sup, fts, [0] * len(zs), img_size=(tiny.hw, tiny.hw))
+               for n, sup in ((1, one), (2, two))}
+        part = two.parts[0]
+        assert part.features.shape[0] == 2 and part.slices[0][0] != part.slices[1][0]
+        small = fts.shape[-2:]
+        fg = torch.nn.functional.interpolate(part.fg[:, None], size=small, mode="bilinear")[:, 0]
+        bg = torch.nn.functional.interpolate(part.bg[:, None], size=small, mode="bilinear")[:, 0]
+        # the tiny organs are too small for local foreground prototypes: the 'mask' mode
+        assert torch.nn.functional.avg_pool2d(fg[:, None], 4).max() < 0.95
+        scores = torch.stack([_alp_score(fts, part.features, bg, local=True),
+                              _alp_score(fts, part.features, fg, local=False)], dim=1)
+        by_hand = torch.nn.functional.interpolate(scores, size=(tiny.hw, tiny.hw), mode="bilinear")
+    torch.testing.assert_close(got[2], by_hand, rtol=1e-4, atol=1e-4)
+    assert (got[2] - got[1]).abs().max() > 0.1                # the second shot changed the result
 
 
 def test_query_without_organ_is_skipped(tmp_path, snapshots):
