@@ -3,8 +3,10 @@ to the published CHAOS files (``$ALPNET_CHAOS_DIR``, tests/realdata.py; skipped 
 when absent).
 
 The real-scan superpixel test runs a representative subset (the three scans with the lowest
-agreement, 99.89-99.99 %, and one reproduced voxel for voxel) to fit the suite's time budget
-(about 2 s of CPU per scan); ``python -m benchmarks.pseudolabels`` checks all 20 scans.
+agreement inside the body mask, 99.77-99.99 %, and one reproduced voxel for voxel) to fit the
+suite's time budget (about 2 s of CPU per scan); ``python -m benchmarks.pseudolabels`` checks all
+20 scans against the same figure. Agreement is measured inside the published body mask: outside
+it both files are 0 by construction (about half of the voxels), which would hide differences.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ from data.cards import load_card
 from data.class_index import build_classmaps, class_slices, write_class_index
 from data.pseudolabels import body_mask, make_pseudolabels, superpixel_ids
 from dataloaders.niftiio import read_zyx
+from benchmarks.pseudolabels import MIN_AGREEMENT_IN_BODY   # docs/data.md, 'Pseudolabels'
 from tests.conftest import requires_real_data
 
-REAL_SUBSET = (1, 2, 20, 15)   # 1, 2, 20: 99.89-99.99 % agreement; 15: identical
-MIN_AGREEMENT = 0.995          # issue 2: superpixels agree on >= 99.5 % of the voxels per scan
+REAL_SUBSET = (1, 2, 20, 15)   # inside the body 1: 99.767 %, 2: 99.963 %, 20: 99.989 %; 15: identical
 
 
 def test_superpixel_id_rule_by_hand():
@@ -111,8 +113,11 @@ def test_superpixels_and_fgmask_match_published(real_data_dir, tmp_path):
         assert geo.GetOrigin() == geo_pub.GetOrigin()
         sp, _ = read_zyx(tmp_path / card.file("superpix", id=sid, scale="MIDDLE"))
         sp_pub, _ = read_zyx(real_data_dir / card.file("superpix", id=sid, scale="MIDDLE"))
-        agreement = float(np.mean(sp == sp_pub))
-        assert agreement >= MIN_AGREEMENT, f"scan {sid}: {agreement:.4%}"
+        body = theirs > 0
+        assert 0.3 < body.mean() < 0.9                            # a body, not the whole volume
+        agreement = float(np.mean(sp[body] == sp_pub[body]))
+        assert agreement >= MIN_AGREEMENT_IN_BODY, f"scan {sid}: {agreement:.4%} inside the body"
+        assert np.array_equal(sp[~body], sp_pub[~body]) and not sp[~body].any()
     again = make_pseudolabels("CHAOST2", tmp_path, "MIDDLE", jobs=2, progress=False)
     assert (again.written, again.skipped) == (0, len(REAL_SUBSET))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
