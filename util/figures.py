@@ -12,6 +12,7 @@ carries the patient sides at its top and left edges, and the figure's title says
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 DPI = 100
 PANEL_IN = 2.6                 # inches per panel
 GT_COLOUR, PRED_COLOUR, SUPPORT_COLOUR = "lime", "red", "yellow"
+TITLE_FONTSIZE = 9
+TITLE_CHARS_PER_IN = 14        # title lines wrapped to the figure's width (9 pt text)
+TITLE_LINE_IN = 0.2            # height per title line, plus one line of margin
 SIDE_COLOUR = "deepskyblue"    # the patient-side letters at each panel's top and left edges
 SIDE_WORDS = {"A": "anterior", "P": "posterior", "S": "superior", "I": "inferior",
               "R": "patient's right", "L": "patient's left"}
@@ -135,7 +139,7 @@ def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row
     """
     n_cols = max([len(r) for r in support_rows] + [len(query_row), 1])
     n_rows = len(support_rows) + (1 if query_row else 0)
-    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows + 0.6))
+    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows))
     orientations = []
     for r, row in enumerate(support_rows):
         for k, (name, img, mask, direction) in enumerate(row):
@@ -145,8 +149,12 @@ def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row
         contours = ([(gt, GT_COLOUR)] if gt is not None else []) + [(pred, PRED_COLOUR)]
         orientations.append(_panel(fig.add_subplot(n_rows, n_cols, len(support_rows) * n_cols + k + 1),
                                    img, name, contours, direction))
-    fig.suptitle(f"{title}  (support: yellow, truth: green, prediction: red)\n"
-                 f"{orientation_caption(orientations)}", fontsize=9)
+    width = int(PANEL_IN * n_cols * TITLE_CHARS_PER_IN)
+    lines = [line for text in (f"{title}  (support: yellow, truth: green, prediction: red)",
+                               orientation_caption(orientations))
+             for line in textwrap.wrap(text, width)]
+    fig.set_size_inches(PANEL_IN * n_cols, PANEL_IN * n_rows + TITLE_LINE_IN * (len(lines) + 1))
+    fig.suptitle("\n".join(lines), fontsize=TITLE_FONTSIZE)
     fig.tight_layout()
     return _save(fig, out_png)
 
