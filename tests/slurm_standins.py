@@ -10,7 +10,9 @@ Slurm's), forwards USR1/TERM to them, and exits with the first non-zero task sta
 terminated (SIGTERM), as Slurm does. Every call of every stand-in is appended
 to ``$STANDIN_DIR/calls.jsonl``. With ``STANDIN_RECORD=python3``, a step whose command starts
 with ``python3`` is not run: each task appends its command and Slurm/rendezvous variables to
-``$STANDIN_DIR/tasks.jsonl`` and, with ``STANDIN_TASK_WAIT=<s>``, waits up to that long for USR1.
+``$STANDIN_DIR/tasks.jsonl`` and, with ``STANDIN_TASK_WAIT=<s>``, waits up to that long for USR1;
+a signalled rank 0 then exits with ``STANDIN_SIGNALLED_EXIT`` (default 0), as a stopped training
+run exits with 3.
 """
 from __future__ import annotations
 
@@ -107,6 +109,9 @@ while not got and time.time() < deadline:
     time.sleep(0.05)
 with open(os.path.join(os.environ["STANDIN_DIR"], "tasks.jsonl"), "a") as f:
     f.write(json.dumps({"exit": os.environ["SLURM_PROCID"], "signalled": bool(got)}) + "\\n")
+# as training.py: a signalled rank 0 exits with STANDIN_SIGNALLED_EXIT (3: stopped), the others 0
+if got and os.environ["SLURM_PROCID"] == "0":
+    sys.exit(int(os.environ.get("STANDIN_SIGNALLED_EXIT", "0")))
 '''
 
 _SCONTROL = _LOG + '''

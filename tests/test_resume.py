@@ -35,19 +35,20 @@ def lr_of(snapshot: Path) -> float:
 
 # ---- the schedule of the resumed config ---------------------------------------------------------
 
-def test_resume_to_a_longer_schedule_equals_the_straight_run(tiny, tmp_path):
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "default"])
+def test_resume_to_a_longer_schedule_equals_the_straight_run(tiny, tmp_path, deterministic):
     """5 steps with milestones [2], resumed to 10 steps with [2, 9], equal 10 steps with [2, 9]
     straight: the milestone 9 of the resumed config applies (the saved scheduler's [2] would
-    never decay again)."""
+    never decay again). On the CPU this holds without ``deterministic=True`` too."""
     _, straight = run_train(config(tiny, n_steps=10, lr_milestones=[2, 9], lr_step_gamma=0.1,
-                                   save_snapshot_every=5),
+                                   save_snapshot_every=5, deterministic=deterministic),
                             tmp_path / "straight")
     first, _ = run_train(config(tiny, n_steps=5, lr_milestones=[2], lr_step_gamma=0.1,
-                                save_snapshot_every=5),
+                                save_snapshot_every=5, deterministic=deterministic),
                          tmp_path / "exp" / "1")
     assert first["status"] == "completed" and first["step"] == 5
     done, resumed = run_train(config(tiny, n_steps=10, lr_milestones=[2, 9], lr_step_gamma=0.1,
-                                     save_snapshot_every=5, resume=True),
+                                     save_snapshot_every=5, resume=True, deterministic=deterministic),
                               tmp_path / "exp" / "2", exp_dir=tmp_path / "exp")
     assert done["step"] == 10
     # lr 0.05 -> x0.1 at 2 -> x0.1 at 9, multiplied as MultiStepLR does
@@ -153,6 +154,7 @@ def test_raise_if_stopped_under_torchrun_gives_the_script_arguments(tmp_path):
                          is_main=True, env={"TORCHELASTIC_RUN_ID": "x"})
     assert stop.value.exit_code == EXIT_INTERRUPTED == 3 and stop.value.step == 3
     raise_if_stopped({**result, "status": "completed"}, argv=[], is_main=True)   # nothing raised
+    raise_if_stopped(result, argv=[], is_main=False)        # other ranks exit 0 (module docstring)
 
 
 # ---- the command line: SIGTERM, INTERRUPTED, exit 3, the printed command resumes ------------
@@ -184,6 +186,8 @@ def test_sigterm_stops_the_command_line_run_and_its_command_resumes(tmp_path):
     (run_json,) = logdir.rglob("run.json")
     assert json.loads(run_json.read_text(encoding="utf-8"))["status"] == "INTERRUPTED"
     (snap,) = (run_json.parent / "snapshots").glob("*.pth")
+    info = json.loads((run_json.parent / "info.json").read_text(encoding="utf-8"))["training"]
+    assert (info["step"], info["stopped_by"]) == (int(snap.stem), "SIGTERM")
     command = out.split("Resume with:\n", 1)[1].splitlines()[0].strip()
     argv = shlex.split(command)
     assert argv[1:len(args) + 1] == args and argv[-1] == f"resume_from={snap.resolve()}"

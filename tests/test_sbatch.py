@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_standins import write_standins
+from util.signals import EXIT_INTERRUPTED
 from tests.test_launchers import MR, spec_test_argv, spec_train_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,8 @@ def test_time_limit_signal_saves_stops_and_requeues(tmp_path):
     """USR1 to the batch shell (Slurm's --signal=B:USR1) reaches every rank, the next fold is not
     started, and the job requeues itself; the requeued job passes resume=True."""
     env = job_env(tmp_path, nodes=2, GPUS_PER_NODE="1", FOLDS="0 1", LABEL_GROUPS="0",
-                  STANDIN_RECORD="python3", STANDIN_TASK_WAIT="30")
+                  STANDIN_RECORD="python3", STANDIN_TASK_WAIT="30",
+                  STANDIN_SIGNALLED_EXIT=str(EXIT_INTERRUPTED))     # rank 0 exits 3, as training.py
     job = subprocess.Popen(["bash", str(FRONTIER / "train.sbatch")], env=env, cwd=ROOT, text=True, encoding="utf-8",
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

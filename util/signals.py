@@ -5,7 +5,7 @@ the ranks agree, rank 0 saves a snapshot and every rank exits.
 A stopped run is not a completed one (docs/training.md, 'Stop and resume'): the entry point
 raises ``TrainingInterrupted``, Sacred records the run as INTERRUPTED, the message holds the
 literal command that resumes it (``resume_command``), and the process exits with
-``EXIT_INTERRUPTED``.
+``EXIT_INTERRUPTED`` (rank 0; the other ranks of a distributed run exit 0).
 """
 from __future__ import annotations
 
@@ -113,18 +113,22 @@ class StopFlag:
 
 def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main: bool,
                      env: Mapping[str, str] = os.environ) -> None:
-    """After ``util.trainer.train``: raise ``TrainingInterrupted`` when the run was stopped.
+    """After ``util.trainer.train``: on rank 0, raise ``TrainingInterrupted`` when the run was
+    stopped, after logging the stop and the resume command.
 
-    Rank 0 logs the stop and the resume command first (every rank raises, so every rank exits
-    with ``EXIT_INTERRUPTED``). Under torchrun the worker's command line is not the one typed,
-    so the message gives the arguments to pass to the same torchrun command.
+    Only rank 0 raises (and exits with ``EXIT_INTERRUPTED``); the other ranks return and exit 0.
+    Launchers end every task once one exits non-zero (``srun --kill-on-bad-exit``, torchrun):
+    rank 0, which records the run's INTERRUPTED status, must not be the one killed, and its
+    status alone becomes the launcher's (srun and torchrun report the non-zero one). Under
+    torchrun the worker's command line is not the one typed, so the message gives the
+    arguments to pass to the same torchrun command.
 
     Args:
         result: what ``train`` returned (``status``, ``step``, ``snapshot``, ``n_steps``,
             ``stopped_by``).
         argv: the original command line (``sys.orig_argv``).
     """
-    if result.get("status") != "stopped":
+    if result.get("status") != "stopped" or not is_main:
         return
     step, snapshot = int(result["step"]), result.get("snapshot")
     head = (f"training stopped by {result.get('stopped_by') or 'a stop request'} after step {step}"
@@ -143,6 +147,5 @@ def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main:
                        f"arguments:\n  {script_args}")
         else:
             message = f"{head}; snapshot {snapshot}. Resume with:\n  {command}"
-    if is_main:
-        log.warning("%s", message)
+    log.warning("%s", message)
     raise TrainingInterrupted(message, step=step, snapshot=snapshot, command=command)
