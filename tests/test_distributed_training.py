@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K_STEPS = 3
 EXP_PREFIX = "train_CHAOST2_Superpix_lbgroup0_scale_MIDDLE_vfold0"   # what the launcher passes
 TIMEOUT_S = 300
+DDP_TOL = 1e-5          # largest parameter difference between 2 ranks and the 1-process reference
 
 
 def tiny_config(data_dir: Path, log_dir: Path, **more) -> dict:
@@ -101,10 +102,11 @@ def _params(state: dict, names) -> dict[str, torch.Tensor]:
     return {n: state[n].float() for n in names}
 
 
-def single_process_reference(cfg: dict, world: int = 2):
+def single_process_reference(cfg: dict, world: int = 2, ranks: tuple[int, ...] | None = None):
     """One process, k steps; each step averages the gradients of the episodes that ranks
     0..world-1 draw (each forward alone: its own BatchNorm batch). Buffers (BatchNorm running
-    statistics) follow rank 0's episodes, as DDP broadcasts rank 0's buffers."""
+    statistics) follow rank 0's episodes, as DDP broadcasts rank 0's buffers. ``ranks``: whose
+    episode streams to average instead (the negative control gives one a foreign stream)."""
     from dataloaders.episodes import build_training_dataset, episode_loader
     from util.config_check import check_config
     from util.rng import seed_everything
@@ -123,7 +125,8 @@ def single_process_reference(cfg: dict, world: int = 2):
         criterion = build_criterion(use_wce=True, ignore_label=255, device=cpu)
         loaders = [iter(episode_loader(build_training_dataset(cfg, summary.card, data_dir=str(summary.data_dir),
                                                               train_ids=summary.train_ids, rank=r),
-                                       start=0, batch_size=1, num_workers=0)) for r in range(world)]
+                                       start=0, batch_size=1, num_workers=0))
+                   for r in (ranks if ranks is not None else range(world))]
         params = [p for p in model.parameters() if p.requires_grad]
         first_images = None
         for _ in range(cfg["n_steps"]):
@@ -171,7 +174,19 @@ def test_two_ranks_equal_one_process_averaging_two_episodes(uninterrupted):
     moved = max((ref[n] - seed_init[n]).abs().max().item() for n in names)
     assert moved > 1e-4, "training must have changed the parameters"
     worst = max((ddp[n] - ref[n]).abs().max().item() for n in names)
-    assert worst < 1e-5, f"DDP parameters/buffers differ from the averaged-gradient reference by {worst:g}"
+    assert worst < DDP_TOL, f"DDP parameters/buffers differ from the averaged-gradient reference by {worst:g}"
+
+
+def test_negative_control_one_rank_with_another_episode_fails_the_comparison(uninterrupted):
+    """The comparison above can fail: a reference in which rank 1's episodes come from another
+    stream (rank 2's) differs from the DDP run by far more than the tolerance."""
+    results, _ = uninterrupted
+    snap = torch.load(results[0]["snapshot"], map_location="cpu", weights_only=True)
+    wrong_state, _ = single_process_reference(snap["config"], ranks=(0, 2))
+    names = [n for n, p in wrong_state.items() if n in dict(snap["model"]) and p.is_floating_point()]
+    ddp, wrong = _params(snap["model"], names), _params(wrong_state, names)
+    worst = max((ddp[n] - wrong[n]).abs().max().item() for n in names)
+    assert worst > 100 * DDP_TOL, f"a foreign episode on one rank changed the parameters by only {worst:g}"
 
 
 def _initial_state(cfg: dict) -> dict[str, torch.Tensor]:
