@@ -5,9 +5,9 @@ into its own folder. Target: at least 1.7x with ``--jobs 2`` on 2 idle cores.
 Checked (the run fails otherwise): the files written with ``--jobs N`` equal those of
 ``--jobs 1`` byte for byte; the body masks equal the published ``fgmask_<id>.nii.gz`` voxel for
 voxel, and inside them the superpixels agree with the published ``superpix-MIDDLE_<id>.nii.gz``
-on at least :data:`MIN_AGREEMENT_IN_BODY` of the voxels of every scan (docs/data.md,
-'Pseudolabels'; outside the body both are 0 by construction, so an all-voxel figure would
-hide differences). The time per scan of the ``--jobs 1`` run is printed.
+on at least :data:`MIN_AGREEMENT_IN_BODY` of the voxels of every scan (docs/method.md,
+'Superpixel pseudolabels'; outside the body both are 0 by construction, so an all-voxel figure
+would hide differences). The time per scan of the ``--jobs 1`` run is printed.
 
 The images are linked into temporary folders, so the published files stay untouched. Without
 the real scans (``$ALPNET_CHAOS_DIR``, tests/realdata.py) the benchmark runs on synthetic CHAOS
