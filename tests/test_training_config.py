@@ -1,14 +1,14 @@
 """Bad configs are refused before any work, naming the key, the file and the fixing command
-(STYLE.md §1; issue 3 "Bad config")."""
+(docs/training.md, "Mistakes and exit codes"); one data folder per dataset."""
 from __future__ import annotations
 
 import copy
 
 import pytest
-from sacred.utils import ConfigAddedError
 
-import training  # noqa: F401  (registers the command 'main')
+import training  # noqa: F401,I001  (registers the command 'main'; first: it silences sacred's import warning)
 from config_ssl_upload import ex
+from sacred.utils import ConfigAddedError
 from tests.tinydata import build_tiny_dataset
 from util.config_check import check_config
 
@@ -19,11 +19,15 @@ def tiny(tmp_path_factory):
                               block=8)
 
 
-def config(tiny, **updates):
-    cfg = copy.deepcopy(dict(ex.configurations[0](fixed=updates)))
-    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(tiny.data_dir)}
-    cfg["path"]["CHAOST2"] = {"data_dir": str(tiny.data_dir)}
+def set_dir(cfg, folder):
+    """Both data keys of CHAOST2 name ``folder`` (what the config hook makes of one given key)."""
+    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(folder)}
+    cfg["path"]["CHAOST2"] = {"data_dir": str(folder)}
     return cfg
+
+
+def config(tiny, **updates):
+    return set_dir(copy.deepcopy(dict(ex.configurations[0](fixed=updates))), tiny.data_dir)
 
 
 def test_good_config_passes_and_summarises_the_fold(tiny):
@@ -53,7 +57,7 @@ def test_refused_with_the_key_named(tiny, updates, match):
 
 def test_missing_files_name_the_command(tiny, tmp_path):
     cfg = config(tiny)
-    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(tmp_path / "nowhere")}
+    set_dir(cfg, tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"nowhere.*python -m data.prepare --dataset CHAOST2"):
         check_config(cfg)
     broken = tmp_path / "broken"
@@ -62,13 +66,13 @@ def test_missing_files_name_the_command(tiny, tmp_path):
         if p.name not in ("superpix-MIDDLE_12.nii.gz", "classmap_1.json"):
             (broken / p.name).symlink_to(p)
     cfg = config(tiny, exclude_cls_list=[])
-    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(broken)}
+    set_dir(cfg, broken)
     with pytest.raises(FileNotFoundError, match=r"superpix-MIDDLE_12.*python -m data.pseudolabels"):
         check_config(cfg)
     (broken / "superpix-MIDDLE_12.nii.gz").symlink_to(tiny.data_dir / "superpix-MIDDLE_12.nii.gz")
     check_config(cfg)                                           # setting 1 needs no class map
     cfg = config(tiny, exclude_cls_list=[2, 3])
-    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(broken)}
+    set_dir(cfg, broken)
     with pytest.raises(FileNotFoundError, match=r"classmap_1.json.*python -m data.class_index"):
         check_config(cfg)
     cfg = config(tiny, resume_from=str(tmp_path / "none.pth"))

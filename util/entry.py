@@ -143,6 +143,16 @@ def preflight(ex: Any, argv: Sequence[str], *, main_command: str,
     return config
 
 
+def _with_command(argv: Sequence[str], main_command: str) -> list[str]:
+    """``argv`` naming the entry point's command when it names none (``script with ...``):
+    ``ex`` is shared by training.py and validation.py, and its default command is whichever
+    registered last when both are imported in one process."""
+    argv = [str(a) for a in argv]
+    if len(argv) == 1 or argv[1] == "with":
+        return [argv[0], main_command, *argv[1:]]
+    return argv
+
+
 def run_command_line(ex: Any, argv: Sequence[str], *, main_command: str,
                      check: Callable[[Mapping[str, Any]], Any]) -> int:
     """:func:`preflight`, then ``ex.run_commandline(argv)``.
@@ -154,12 +164,13 @@ def run_command_line(ex: Any, argv: Sequence[str], *, main_command: str,
         itself exits with 1 (traceback) when the run fails.
     """
     plain_console()
+    argv = _with_command(argv, main_command)
     try:
         preflight(ex, argv, main_command=main_command, check=check)
     except UserError as err:
         return report(err)
     try:
-        ex.run_commandline(list(argv))
+        ex.run_commandline(argv)
     except TrainingInterrupted as stop:     # stopped by a signal: recorded INTERRUPTED
         return stop.exit_code
     return EXIT_OK
