@@ -187,7 +187,10 @@ def broken(tmp_path_factory, phantom) -> dict[str, Path]:
     sitk.WriteImage(shifted, str(folder / "label_other_spacing.nii.gz"))
     other = folder / "classifier.pth"
     torch.save({"fc.weight": torch.zeros(2, 4), "fc.bias": torch.zeros(2)}, other)
-    return {"text": text, "shifted": folder / "label_other_spacing.nii.gz", "other": other}
+    cut = folder / "query_cut.nii.gz"                   # a copy interrupted half-way
+    data = Path(phantom["query"]).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return {"text": text, "shifted": folder / "label_other_spacing.nii.gz", "other": other, "cut": cut}
 
 
 @pytest.mark.parametrize("change, error, match", [
@@ -196,7 +199,9 @@ def broken(tmp_path_factory, phantom) -> dict[str, Path]:
     ({"queries": ("text",)}, ValueError, r"query .*notes.nii.gz: not a readable image"),
     ({"checkpoint": "other"}, ValueError, r"classifier.pth: not an ALPNet checkpoint"),
     ({"queries": ("missing",)}, FileNotFoundError, r"missing.nii.gz: no such file"),
-], ids=["label-absent", "support-geometry", "unreadable-query", "not-alpnet", "missing-query"])
+    ({"queries": ("cut",)}, ValueError, r"query .*query_cut.nii.gz: corrupt or truncated image file"),
+], ids=["label-absent", "support-geometry", "unreadable-query", "not-alpnet", "missing-query",
+        "truncated-query"])
 def test_bad_input_nothing_written(tmp_path, phantom, fixture_ckpt, broken, change, error, match):
     args = _bad(tmp_path, phantom, fixture_ckpt)
     for key, value in change.items():

@@ -15,6 +15,7 @@ import torch
 from data.cards import Card, base_name, load_card
 from data.geometry import check_same_grid
 from dataloaders.niftiio import read_image
+from util.io import verify_image_file
 from util.segment.checkpoint_info import CheckpointInfo, inspect_checkpoint
 from util.segment.rule import DEFAULT_RULE, RULES
 
@@ -80,15 +81,15 @@ def mask_name(query: str | Path, label: int) -> str:
 
 
 def probe_image(path: str | Path) -> tuple[int, ...]:
-    """Size (x, y, z) of a 3-D image from its header alone.
+    """Size (x, y, z) of a 3-D image from its header, once the file is known to be complete.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable, or not 3-D (names the file).
+        ValueError: unreadable, truncated or corrupt (``util.io.CorruptImageError``), or not
+            3-D (names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    verify_image_file(path)    # a truncated query is refused before any mask is written
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
