@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -10,7 +11,9 @@ import training  # noqa: F401,I001  (registers the command 'main'; first: it sil
 from config_ssl_upload import ex
 from sacred.utils import ConfigAddedError
 from tests.tinydata import build_tiny_dataset
-from util.config_check import check_config
+from data.cards import load_card
+from util.config_check import check_config, resolve_data_dir, unified_data_dirs
+from util.user_errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,33 @@ def test_named_configs_hold_the_spec_values():
         c = ex.named_configs[name]()
         assert (c["dataset"], c["exclude_cls_list"], c["label_sets"], c["support_idx"]) == \
             (dataset, excl, group, supp), name
+
+
+@pytest.mark.parametrize("given, key", [
+    ({"CHAOST2_Superpix": "A"}, "path.CHAOST2_Superpix.data_dir"),   # training key, read by validation
+    ({"CHAOST2": "A"}, "path.CHAOST2.data_dir"),                     # validation key, read by training
+    ({"CHAOST2": "A", "CHAOST2_Superpix": "A"}, "path.CHAOST2_Superpix.data_dir"),
+], ids=["training-key", "validation-key", "both-same"])
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_one_data_folder_whichever_key(tmp_path, given, key, mode):
+    cfg = copy.deepcopy(dict(ex.configurations[0]()))
+    for name, folder in given.items():
+        cfg["path"][name] = {"data_dir": str(tmp_path / folder)}
+    card = load_card("CHAOST2")
+    assert resolve_data_dir({**cfg, "mode": mode}, card) == (key, tmp_path / "A")
+    paths = unified_data_dirs(cfg)
+    assert paths["CHAOST2"] == paths["CHAOST2_Superpix"] == {"data_dir": str(tmp_path / "A")}
+    with pytest.raises(UserError, match=rf"{re.escape(key)}={re.escape(str(tmp_path / 'A'))}: no such folder"):
+        check_config({**cfg, "mode": mode})
+
+
+def test_two_different_data_folders_are_refused(tmp_path):
+    cfg = copy.deepcopy(dict(ex.configurations[0]()))
+    cfg["path"]["CHAOST2_Superpix"] = {"data_dir": str(tmp_path / "A")}
+    cfg["path"]["CHAOST2"] = {"data_dir": str(tmp_path / "B")}
+    want = (rf"path.CHAOST2_Superpix.data_dir={re.escape(str(tmp_path / 'A'))} and "
+            rf"path.CHAOST2.data_dir={re.escape(str(tmp_path / 'B'))} differ")
+    with pytest.raises(UserError, match=want):
+        unified_data_dirs(cfg)
+    with pytest.raises(UserError, match=want):
+        check_config({**cfg, "mode": "val"})
