@@ -113,6 +113,23 @@ def test_training_refuses_a_changed_seed_before_loading(tiny, tmp_path):
     assert not (tmp_path / "exp" / "2" / "snapshots").exists()
 
 
+def test_refused_change_found_before_a_run_directory(tiny, tmp_path, capsys):
+    """From the command line a refused change is one error line, exit 2, and no run directory."""
+    import training
+    from util.entry import run_command_line
+
+    run_train(config(tiny, n_steps=2), tmp_path / "first")
+    snap = tmp_path / "first" / "snapshots" / "2.pth"
+    capsys.readouterr()                                   # the first run's progress bar
+    argv = ["training.py", "with", f"path.log_dir={tmp_path / 'runs'}",
+            f"path.CHAOST2_Superpix.data_dir={tiny.data_dir}", "seed=6", f"resume_from={snap}"]
+    assert run_command_line(ex, argv, main_command="main", check=training.check_training) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {snap}: cannot resume with a changed ")
+    assert "seed: 5 in the snapshot, 6 now" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_every_refused_entry_is_refused_and_every_allowed_one_allowed():
     """The table is what check_resume_config applies (no key handled apart, milestones aside)."""
     for key, (policy, _) in RESUME_KEYS.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -23,7 +24,7 @@ from util.rng import set_rng_states
 
 __all__ = ["TrainState", "find_resume_snapshot", "resume_path", "restore_snapshot", "SNAPSHOT_DIR",
            "RESUME_KEYS", "MAY_CHANGE", "REFUSED", "resume_policy", "check_resume_config",
-           "restore_schedule"]
+           "restore_schedule", "preflight_resume"]
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,17 @@ def restore_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     The config may differ from the snapshot's only where ``RESUME_KEYS`` allows (else
     ValueError); the learning-rate schedule is the current config's (``restore_schedule``).
     """
+    try:                     # the config first: a changed modelname is named as such
+        peek = _peek(path)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError):
+        peek = None          # unreadable: load_alpnet_weights below names the problem
+    if peek is not None and isinstance(peek.get("step"), int):
+        check_resume_config(peek.get("config") or {}, cfg, path, int(peek["step"]))
     obj = load_alpnet_weights(model, path)   # strict; names missing/unexpected keys
     if not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
         raise ValueError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
                          "state): start from them with reload_model_path instead of resuming")
     step = int(obj["step"])
-    check_resume_config(obj.get("config") or {}, cfg, path, step)
     optimizer.load_state_dict(obj["optimizer"])
     restore_schedule(scheduler, optimizer, obj.get("lr_scheduler"), step)
     rng = obj.get("rng") or {}
@@ -212,6 +218,49 @@ def restore_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return TrainState(step=step, skipped=int(stream.get("skipped", 0)), empty=int(stream.get("empty", 0)),
                       next_episode=int(stream.get("next_episode", step * int(cfg["batch_size"]))),
                       last_snapshot=path)
+
+
+def _peek(path: str | Path) -> Mapping[str, Any] | None:
+    """A snapshot's top-level dict, memory-mapped (tensors are not read), or None when the file
+    does not hold a dict."""
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return obj if isinstance(obj, Mapping) else None
+
+
+def preflight_resume(cfg: Mapping[str, Any], experiment_dir: str | Path) -> Path | None:
+    """Before a run exists: the snapshot a resumption would continue from, checked against the
+    config (``check_resume_config``), so a refused change costs no run directory.
+
+    The snapshot is memory-mapped: only its small entries (step, config) are read here.
+
+    Returns:
+        the snapshot, or None when the config does not resume (or ``resume=True`` finds none).
+    Raises:
+        UserError: a bare state_dict given to resume from, or refused key changes (named).
+    """
+    from util.user_errors import UserError
+
+    if cfg.get("resume_from"):
+        path = Path(cfg["resume_from"])
+    elif cfg.get("resume"):
+        path = find_resume_snapshot(experiment_dir)
+        if path is None:
+            return None
+    else:
+        return None
+    try:
+        obj = _peek(path)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f"{path}: not a readable training snapshot ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if obj is None or not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
+        raise UserError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
+                        "state): start from them with reload_model_path instead of resuming")
+    try:
+        check_resume_config(obj.get("config") or {}, cfg, path, int(obj["step"]))
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return path
 
 
 def resume_path(cfg: Mapping[str, Any], experiment_dir: Path | None, is_main: bool) -> Path | None:
