@@ -200,6 +200,19 @@ def markdown(rows: list[dict], rules: Sequence[str], card_labels: Sequence[str])
     return "\n".join(lines)
 
 
+def summary_markdown(rows: list[dict], rules: Sequence[str]) -> str:
+    """The means over all (query, organ) pairs, one line per rule, as the issue's table."""
+    prot = float(np.mean([r["protocol"] for r in rows]))
+    lines = ["| rule | whole-volume Dice | Dice on the organ's true slices | whole / protocol |",
+             "|---|---|---|---|",
+             f"| protocol (`--z-range` = ground truth) | {prot:.3f} | {prot:.3f} | 1.00 |"]
+    for rule in rules:
+        whole = float(np.mean([r[rule]["whole"] for r in rows]))
+        true = float(np.mean([r[rule]["true_slices"] for r in rows]))
+        lines.append(f"| `{rule}` | {whole:.3f} | {true:.3f} | {whole / prot:.2f} |")
+    return "\n".join(lines)
+
+
 def _range(extent) -> str:
     return "-" if extent is None else f"{extent[0]}-{extent[1]}"
 
@@ -241,5 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "rows": rows}, args.json, indent=1)
     print(f"fold {plan.fold}, queries {', '.join(map(str, plan.queries))}, support {plan.support}: "
           "whole-volume Dice (Dice on the organ's true slices) and the slices predicted")
+    print(summary_markdown(rows, RULES))
+    print()
     print(markdown(rows, RULES, card.labels))
     return 0

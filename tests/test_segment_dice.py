@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.segment_dice import FoldPlan, MarginCache, _to_f16, dice, fold_plan, markdown
+from benchmarks.segment_dice import (FoldPlan, MarginCache, _to_f16, dice, fold_plan, markdown,
+                                     summary_markdown)
 from data.cards import load_card
 
 CHAOS_IDS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
@@ -69,3 +70,7 @@ def test_markdown_table():
     assert lines[2] == "| 1 | RK | 3-9 | 0.500 | 0.400 (0.450) 4-9 |"
     assert lines[3] == "| 2 | RK | 1-5 | 0.300 | 0.200 (0.250) - |"
     assert lines[4] == "| mean | | | **0.400** | **0.300** (0.350) |"
+    # means: protocol (0.5 + 0.3) / 2 = 0.4, support whole 0.3 (0.75 of it), true slices 0.35
+    summary = summary_markdown(rows, ["support"]).splitlines()
+    assert summary[2] == "| protocol (`--z-range` = ground truth) | 0.400 | 0.400 | 1.00 |"
+    assert summary[3] == "| `support` | 0.300 | 0.350 | 0.75 |"
