@@ -90,21 +90,23 @@ fi
 # training sees images and superpixels only (setting 1 needs no label): a folder of links
 "$PY" -m examples.quickstart_tools training-view "$OUT/data" "$OUT/train_view" --dataset "$DATASET"
 
-COMMON=(quickstart "path.log_dir=$OUT/runs"
-        "path.${DATASET}_Superpix.data_dir=$OUT/train_view" "path.${DATASET}.data_dir=$OUT/data")
+# one data folder per run: training reads the label-free view, validation the prepared folder
+COMMON=(quickstart "path.log_dir=$OUT/runs")
 if [[ -n "$STEPS" ]]; then
     COMMON+=("n_steps=$STEPS")
 fi
 
 stage "3/5 self-supervised training (no labels)"
-"$PY" training.py with "${COMMON[@]}" exp_prefix=quickstart_train
+"$PY" training.py with "${COMMON[@]}" "path.${DATASET}_Superpix.data_dir=$OUT/train_view" \
+    exp_prefix=quickstart_train
 TRAIN_RUN="$("$PY" -m examples.quickstart_tools newest-run "$OUT/runs/mySSL_quickstart_train_${DATASET}_Superpix_sets_0_1shot")"
 "$PY" -m examples.quickstart_tools init-snapshot "$TRAIN_RUN"
 
 stage "4/5 1-shot validation of snapshot 0 (untrained) and of the trained snapshot, fold 0"
 VAL_RUNS=()
 for GROUP in $GROUPS_; do   # label group 0 tests the kidneys, 1 the liver and the spleen
-    "$PY" validation.py with "${COMMON[@]}" label_sets=$GROUP exp_prefix=quickstart_test \
+    "$PY" validation.py with "${COMMON[@]}" "path.${DATASET}.data_dir=$OUT/data" \
+        label_sets=$GROUP exp_prefix=quickstart_test \
         "reload_model_path=$TRAIN_RUN/snapshots"
     VAL_RUNS+=("$("$PY" -m examples.quickstart_tools newest-run "$OUT/runs/mySSL_quickstart_test_${DATASET}_Superpix_sets_${GROUP}_1shot")")
 done
