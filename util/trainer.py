@@ -35,6 +35,7 @@ from util.figures import plot_loss_curves
 from util.distributed import DistInfo, broadcast_object, is_dist, unwrap, wrap_ddp
 from util.resume import SNAPSHOT_DIR, TrainState, find_resume_snapshot, restore_snapshot, resume_path
 from util.rng import rng_states, seed_everything
+from util.run_record import record_snapshot
 from util.signals import StopFlag
 
 __all__ = ["WCE_WEIGHTS", "build_criterion", "loss", "build_optimizer", "build_scheduler",
@@ -296,6 +297,7 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
                              rng={**rng_states(), "stream": state.stream()}, config=cfg)
         interval.plot(run_dir / CURVES_PNG)
         state.last_snapshot = path
+        record_snapshot(run, state.step, path)                  # info.json: steps and paths
         return path
 
     loader = episode_loader(dataset, start=state.next_episode, batch_size=batch,
@@ -345,8 +347,8 @@ def _loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimiz
                         run.log_scalar("loss", res["loss"], state.step)
                         run.log_scalar("align_loss", res["align_loss"], state.step)
                     bar.update(1)
-                    if state.step % print_every == 0:
-                        mean_l, mean_a = interval.flush()
+                    if state.step % print_every == 0 or state.step == n_steps or res["stop"]:
+                        mean_l, mean_a = interval.flush()       # the last interval is logged too
                         log.info("step %d: loss: %s, align_loss: %s,", state.step, mean_l, mean_a)
                     if state.step % every == 0 or state.step == n_steps:
                         save()
