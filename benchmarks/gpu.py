@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help=f"encoder (default {FULL.model}; --dry: {DRY.model})")
     args = parser.parse_args(argv)
     sizes = DRY if args.dry else FULL
+    if args.dry:      # the CPU even where GPUs exist (before CUDA starts; spawned ranks inherit it)
+        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["HIP_VISIBLE_DEVICES"] = ""
     if args.steps is not None:
         sizes = dataclasses.replace(sizes, steps=args.steps)
     if args.model is not None:

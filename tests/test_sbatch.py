@@ -34,6 +34,11 @@ CLEARED = ("FOLDS", "LABEL_GROUPS", "SETTING", "EXCLU", "DATA_DIR", "RELOAD_PATH
 PORT = str(20000 + int(JOB_ID) % 10000)     # the port derived from the job id
 
 
+def test_scripts_and_python_derive_the_same_port():
+    from util.distributed import rendezvous_port
+    assert str(rendezvous_port({"SLURM_JOB_ID": JOB_ID})) == PORT
+
+
 def job_env(tmp_path: Path, nodes: int = 2, **extra: str) -> dict[str, str]:
     """The environment Slurm gives a batch script, with the stand-ins first on PATH."""
     bindir = write_standins(tmp_path / "bin")
