@@ -76,7 +76,12 @@ def _train_rank(cfg: dict, signal_at_forward: int | None = None) -> dict:
             return model
         trainer.build_model = build_with_signal
     import training
-    return training.ex.run("main", config_updates=cfg).result
+    from util.signals import TrainingInterrupted
+    try:
+        return training.ex.run("main", config_updates=cfg).result
+    except TrainingInterrupted as stop:      # rank 0 of a stopped run: Sacred recorded INTERRUPTED
+        return {"status": "stopped", "step": stop.step, "snapshot": stop.snapshot,
+                "command": stop.command, "interrupted": training.ex.current_run.status}
 
 
 def _validate(cfg: dict) -> object:
@@ -208,7 +213,10 @@ def test_signal_on_one_rank_saves_and_the_requeued_job_resumes(uninterrupted, ti
     saved = experiment_dir(log_dir) / "1" / "snapshots" / f"{stop_step}.pth"
     assert results[0]["snapshot"] == str(saved) and saved.is_file()
     assert [p.name for p in experiment_dir(log_dir).iterdir() if p.name.isdigit()] == ["1"]
-    assert "resume=True" in results[0]["resume"]
+    # rank 0 raised TrainingInterrupted (exit 3 from the command line) with the resume command;
+    # rank 1 returned (exit 0), so a launcher's kill-on-bad-exit cannot cut rank 0 short
+    assert results[0]["interrupted"] == "INTERRUPTED" and "interrupted" not in results[1]
+    assert results[0]["command"].endswith(f"resume_from={saved.resolve()}")
 
     # requeued job: the real train.sbatch (RESUME=1 by default) through stand-in srun, 2 "nodes"
     bindir = tmp_path / "pybin"
