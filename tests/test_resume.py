@@ -12,13 +12,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import util.trainer as trainer
 from config_ssl_upload import ex
 from tests.test_training import config, params_of, run_train, tiny  # noqa: F401  (fixture)
 from tests.tinydata import build_tiny_dataset
@@ -182,6 +180,7 @@ def test_sigterm_stops_the_command_line_run_and_its_command_resumes(tmp_path):
     logdir = tmp_path / "runs"
     args = ["training.py", "with", "chaos_setting2", "modelname=dlfcn_res18", "init_weights=random",
             "n_steps=1000", "num_workers=0", "print_interval=1", "save_snapshot_every=1000",
+            "input_size=[64,64]",
             f"path.log_dir={logdir}", f"path.CHAOST2_Superpix.data_dir={tiny.data_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True, encoding="utf-8",
