@@ -26,6 +26,7 @@ from util.config_check import check_config, check_run  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
 from util.entry import run_command_line  # noqa: E402
 from util.log import setup_logging  # noqa: E402
+from util.resume import preflight_resume  # noqa: E402
 from util.signals import raise_if_stopped  # noqa: E402
 from util.trainer import train  # noqa: E402
 
@@ -53,8 +54,10 @@ def main(_run, _config):
 
 
 def check_training(config) -> None:
-    """The pre-flight of a training run (``util.config_check.check_run``, mode 'train')."""
+    """The pre-flight of a training run (``util.config_check.check_run``, mode 'train'), and of
+    what a resumption may change (``util.resume.preflight_resume``)."""
     check_run(config, "train")
+    preflight_resume(config, Path(config["path"]["log_dir"]) / f"{ex.path}_{config['exp_str']}")
 
 
 if __name__ == "__main__":
