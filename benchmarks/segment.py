@@ -10,19 +10,20 @@ Full mode: the CHAOST2 card (256 x 256 slices), ResNet-101 with random weights, 
 two query scans rendered in raw geometry (preprocessing included in the time). Quick mode: a
 64 x 64 card and ResNet-18 (the test suite; numbers not meaningful).
 
-``python -m benchmarks.segment [--quick]``; ``--dice`` instead measures the label-free rules
-against the protocol on the real CHAOS scans (fold 0, kidneys, the fixture network with tuned
-localconv; about 280 ResNet-101 passes, 6-7 minutes on 2 cores): the table of docs/segment.md.
+With the default ``support`` rule the support scan's own slices are predicted too (its
+calibration), by the same path as the queries.
+
+``python -m benchmarks.segment [--quick] [--rounds N]``; ``python -m benchmarks.segment --dice
+CHECKPOINT ...`` instead measures the label-free rules' Dice against the protocol on the real
+CHAOS scans (``benchmarks/segment_dice.py``): the table of docs/segment.md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -130,57 +131,9 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
                timings.ratio, f">= {TARGET:g}x", agree,
                "written masks (voxels and geometry) identical, label-free and --z-range",
                f"{len(queries)} phantom queries {size[0]}x{size[1]}x{size[2]} (raw geometry, preprocessing "
-               f"included), {n} query slices, {rep.support_encoded} parts; {timings.text()}; "
+               f"included), {n} query slices, {len(rep.support_slices)} parts, {rep.support_encoded} support slices "
+               f"encoded (parts + calibration); {timings.text()}; "
                f"{timings.ours[-1] / n:.3f} s per slice ours; {voxels} mask voxels")
-
-
-def dice_table(real_dir: Path | None = None, batch_size: int = 8) -> dict:
-    """Label-free rules vs the protocol on real CHAOS (fold 0: queries 1, 2, 3, 5, support 8;
-    kidneys), the fixture network with tuned localconv.
-
-    Returns per (scan, organ): the protocol's Dice on the counted slices (= validation's; the
-    reference value beside it) and each rule's Dice on the whole volume and on the counted slices.
-    """
-    from data.cards import load_card
-    from dataloaders.scans import load_scan
-    from tests.realdata import chaos_dir, chaos_skip_reason
-    from tests.refnet import REFERENCE, fixture_state_dict
-    from util.evaluate import build_model
-    from util.protocol import SupportScan, build_support, organ_z_range
-    from util.segment.rule import RULES, label_free_mask, masks_by_part, predict_every_part
-
-    real_dir = Path(real_dir) if real_dir else chaos_dir()
-    if real_dir is None:
-        raise FileNotFoundError(chaos_skip_reason())
-    card = load_card("CHAOST2")
-    model = build_model({"model": {"which_model": "dlfcn_res101"}}, torch.device("cpu"))
-    model.load_state_dict(fixture_state_dict(tuned_localconv=True))
-    model.eval()
-    ref = json.loads((REFERENCE / "validation" / "chaos_fold0_kidneys.json").read_text(encoding="utf-8"))
-    raw_ref = ref["metrics"]["mar_val_batches_rawDice"]
-    sup = load_scan(card, real_dir, 8, label=True)
-
-    def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-        return float(2 * np.count_nonzero(pred & gt) / (np.count_nonzero(pred) + np.count_nonzero(gt)))
-
-    rows = []
-    for organ in (2, 3):
-        support = build_support(model, [SupportScan(8, sup.image, sup.label)], organ, 3)
-        for qi, sid in enumerate((1, 2, 3, 5)):
-            scan = load_scan(card, real_dir, sid, label=True)
-            per_part = predict_every_part(model, support, scan.image, batch_size=batch_size)
-            gt = np.moveaxis(scan.label == organ, -1, 0)
-            z0, z1 = organ_z_range(scan.label, organ)
-            counted = slice(z0, z1 + 1)
-            row = {"scan": sid, "organ": organ, "reference": raw_ref[qi][organ - 2],
-                   "protocol": dice(masks_by_part(per_part, z0, z1)[counted] > 0, gt[counted])}
-            for rule in RULES:
-                mask, extent = label_free_mask(per_part, rule)
-                row[rule] = {"whole": dice(mask > 0, gt), "counted": dice(mask[counted] > 0, gt[counted]),
-                             "extent": extent, "truth_extent": (z0, z1)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return {"rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,12 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return segment_dice.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke mode (numbers meaningless)")
-    parser.add_argument("--dice", action="store_true", help="label-free rules vs protocol on real CHAOS")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 1)")
     args = parser.parse_args(argv)
-    if args.dice:
-        print(json.dumps(dice_table(), indent=1))
-        return 0
-    res = run(quick=args.quick)
+    res = run(quick=args.quick, rounds=args.rounds)
     print_row(res)
     return exit_code(res)
 

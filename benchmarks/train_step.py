@@ -134,7 +134,7 @@ def run(quick: bool = False) -> dict:
     _step_time(model, ep, opt, sch, crit, device, "fp32")                   # warm-up
     hook.remove()
     _backbone_time(model, imgs, device)
-    steps, backbone, skipped, losses = [], [], 0, []
+    steps, backbone, skipped = [], [], 0
     for _ in range(repeats):                                                # alternating
         t, was_skipped = _step_time(model, ep, opt, sch, crit, device, "fp32")
         skipped += was_skipped
