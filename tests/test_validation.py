@@ -94,6 +94,26 @@ def test_batched_equals_one_at_a_time(tiny, n_shots):
     np.testing.assert_array_equal(batched, single)
 
 
+def test_one_slice_at_a_time_switch_gives_the_same_validation(tiny):
+    """``EvalOptions(one_slice_at_a_time=True)`` (the original inference, which the validation
+    benchmark times) gives the predictions and every metric of the default batched path."""
+    import dataclasses
+
+    from dataloaders.validation_set import load_validation_set
+    from util.evaluate import EvalOptions, evaluate_snapshot
+
+    vset = load_validation_set(tiny.card, tiny.data_dir, fold=0, label_sets=0)
+    vset = dataclasses.replace(vset, queries=vset.queries[:2], query_ids=vset.query_ids[:2])
+    model, cpu = tiny_model(), torch.device("cpu")
+    ours = evaluate_snapshot(model, vset, EvalOptions(batch_size=3), device=cpu)
+    old = evaluate_snapshot(model, vset, EvalOptions(batch_size=3, one_slice_at_a_time=True), device=cpu)
+    for key in ("counts", "dice", "precision", "recall", "hd95", "assd"):
+        np.testing.assert_array_equal(getattr(old, key), getattr(ours, key), err_msg=key)
+    assert ours.preds.keys() == old.preds.keys() and len(ours.preds) == 4
+    assert all(np.array_equal(ours.preds[k], old.preds[k]) for k in ours.preds)
+    assert ours.counts[..., 0].sum() > 0                      # some organ pixels found: not vacuous
+
+
 def test_support_without_organ_is_a_named_error(tiny):
     lab = np.zeros((tiny.hw, tiny.hw, DEPTH), np.int16)
     with pytest.raises(OrganMissingError, match="support scan 7 holds no voxel of label 2"):
