@@ -141,14 +141,16 @@ def test_steps_snapshots_interval_means_and_curves(tiny, tmp_path, caplog):
     aligns = [v for _, v in run.scalars["align_loss"]]
     assert [s for s, _ in run.scalars["loss"]] == list(range(1, 8))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert len(lines) == 2
-    for line, lo in zip(lines, (0, 3)):                           # true means of the interval
+    assert len(lines) == 3                                        # steps 3, 6 and the last, 7
+    for line, (lo, hi) in zip(lines, ((0, 3), (3, 6), (6, 7))):   # true means of the interval
         m = re.fullmatch(r"step (\d+): loss: (\S+), align_loss: (\S+),", line)
-        assert int(m.group(1)) == lo + 3
-        assert float(m.group(2)) == pytest.approx(sum(losses[lo:lo + 3]) / 3)
-        assert float(m.group(3)) == pytest.approx(sum(aligns[lo:lo + 3]) / 3)
+        assert int(m.group(1)) == hi
+        assert float(m.group(2)) == pytest.approx(sum(losses[lo:hi]) / (hi - lo))
+        assert float(m.group(3)) == pytest.approx(sum(aligns[lo:hi]) / (hi - lo))
     assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
     assert run.info["training"]["step"] == 7
+    assert run.info["snapshots"] == [{"step": s, "path": str(tmp_path / "run" / "snapshots" / f"{s}.pth")}
+                                     for s in (3, 6, 7)]          # info.json: every save, in order
 
 
 def params_of(model):
