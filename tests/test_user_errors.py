@@ -107,6 +107,8 @@ CASES = [
      rf"^error: reload_model_path=\S*junk.pth is not a checkpoint: a {NOT_A_CHECKPOINT_SIZE}-byte file"),
     ("validation-not-a-checkpoint", "val", ["reload_model_path={junk}"],
      rf"^error: reload_model_path=\S*junk.pth is not a checkpoint: a {NOT_A_CHECKPOINT_SIZE}-byte file"),
+    ("validation-reload-missing", "val", ["reload_model_path=['{good}','{none}']"],
+     r"^error: reload_model_path=\S*none.pth: no such file or folder; give a snapshot"),
     ("validation-no-snapshot", "val", [],
      r"^error: reload_model_path is not set: validation needs a snapshot"),
     ("resume-and-reload", "train", ["resume=True", "reload_model_path={good}"],

@@ -322,8 +322,15 @@ def check_run(cfg: Mapping[str, Any], mode: str = "train") -> ConfigSummary:
         return summary
     from util.evaluate import resolve_snapshots
 
+    reload = cfg.get("reload_model_path")
+    items = [reload] if isinstance(reload, (str, os.PathLike)) else list(reload or [])
+    for item in items:
+        if not Path(item).exists():
+            raise MissingInputError(f"reload_model_path={item}: no such file or folder; give a "
+                                    f"snapshot written by training.py (<run>/snapshots/<step>.pth), "
+                                    f"a snapshots folder or a list of them")
     try:
-        snapshots = resolve_snapshots(cfg.get("reload_model_path"))
+        snapshots = resolve_snapshots(reload)
     except FileNotFoundError as err:
         raise MissingInputError(str(err)) from err
     except ValueError as err:
