@@ -25,13 +25,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from benchmarks.common import alternate, exit_code, print_row, row
+
+if TYPE_CHECKING:
+    from util.segment import SegmentReport
 
 TARGET = 2.0
 QUICK_CARD = """{
@@ -79,8 +82,8 @@ def _phantom(folder: Path, name: str, seed: int, size: tuple[int, int, int],
     return img_path, lab_path
 
 
-def _mask_arrays(report) -> list[np.ndarray]:
-    """The written masks of a segment report, as arrays (with their origin and spacing)."""
+def _mask_arrays(report: "SegmentReport") -> list[tuple]:
+    """The written masks of a segment report: (Z x Y x X array, origin, spacing, direction) each."""
     out = []
     for r in report.results:
         img = sitk.ReadImage(str(r.mask))
@@ -88,7 +91,8 @@ def _mask_arrays(report) -> list[np.ndarray]:
     return out
 
 
-def _same(a: list, b: list) -> bool:
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    """Same masks voxel for voxel, in the same geometry."""
     return len(a) == len(b) and all(np.array_equal(x[0], y[0]) and x[1:] == y[1:] for x, y in zip(a, b))
 
 

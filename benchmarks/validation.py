@@ -18,11 +18,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from benchmarks.common import alternate, exit_code, print_row, row, skipped_row
+
+if TYPE_CHECKING:
+    from dataloaders.validation_set import ValidationSet
+    from util.evaluate import SnapshotResult
 
 TARGET = 2.0
 NAME = "validation"
@@ -43,10 +48,9 @@ def _model(quick: bool) -> torch.nn.Module:
     return model.eval()
 
 
-def _cut(vset, n_queries: int, n_slices: int):
+def _cut(vset: "ValidationSet", n_queries: int, n_slices: int) -> "ValidationSet":
     """The validation set with its first ``n_queries`` queries, each cut to ``n_slices`` slices
     centred on its first test organ."""
-    from dataloaders.validation_set import ValidationSet  # noqa: F401 (type of vset)
     from util.protocol import organ_z_range
 
     queries = []
@@ -58,8 +62,9 @@ def _cut(vset, n_queries: int, n_slices: int):
     return dataclasses.replace(vset, queries=queries, query_ids=[q.scan_id for q in queries])
 
 
-def compare(a, b) -> list[str]:
-    """What differs between two ``SnapshotResult``: table names and prediction keys."""
+def compare(a: "SnapshotResult", b: "SnapshotResult") -> list[str]:
+    """What differs between two ``util.evaluate.SnapshotResult``: the names of the tables that
+    differ (NaN equals NaN) and, per differing prediction volume, its key and pixel count."""
     diffs = [k for k in TABLES if not np.array_equal(getattr(a, k), getattr(b, k), equal_nan=True)]
     if a.preds.keys() != b.preds.keys():
         diffs.append("prediction keys")
