@@ -47,14 +47,15 @@ class FoldPlan:
     organs: tuple[int, ...]
 
 
-def fold_plan(config: dict, card, data_dir: Path) -> FoldPlan:
+def fold_plan(config: dict, card, data_dir: Path, organs: Sequence[int] | None = None) -> FoldPlan:
     """The fold, queries, support and organs of a run's ``config`` (the fold's validation scans,
-    the last one as support)."""
-    from dataloaders.folds import scan_ids_in, split_fold, test_labels
+    the last one as support); ``organs`` replaces the organs tested in its setting."""
+    from dataloaders.folds import check_label_list, scan_ids_in, split_fold, test_labels
 
     fold, label_sets = int(config.get("eval_fold", 0)), int(config.get("label_sets", 0))
     val, _ = split_fold(card, scan_ids_in(card, data_dir), fold)
-    return FoldPlan(fold, label_sets, tuple(val[:-1]), val[-1], tuple(test_labels(card, label_sets)))
+    chosen = test_labels(card, label_sets) if not organs else check_label_list(card, organs, "--organs")
+    return FoldPlan(fold, label_sets, tuple(val[:-1]), val[-1], tuple(chosen))
 
 
 def _key(checkpoint: Path) -> str:
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="the preprocessed CHAOS MR scans (default: $ALPNET_CHAOS_DIR)")
     parser.add_argument("--cache", type=Path, default=None, help="keep the network's outputs here")
+    parser.add_argument("--organs", type=int, nargs="+", default=None,
+                        help="label values to measure (default: the organs tested in the "
+                             "checkpoint's setting, label_sets)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
@@ -240,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no CHAOS scans: give --data-dir or set ALPNET_CHAOS_DIR")
     card = load_card(CARD)
     config = read_snapshot(args.checkpoint).get("config") or {}
-    plan = fold_plan(config, card, Path(data_dir))
+    plan = fold_plan(config, card, Path(data_dir), args.organs)
     log.info("fold %d, label set %d: queries %s, support %d, organs %s", plan.fold, plan.label_sets,
              plan.queries, plan.support, plan.organs)
     margins, labels = network_margins(args.checkpoint, Path(data_dir), plan,

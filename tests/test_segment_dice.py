@@ -33,6 +33,14 @@ def test_fold_plan_from_the_config(chaos_names, config, expected):
     assert fold_plan(config, load_card("CHAOST2"), chaos_names) == expected
 
 
+def test_fold_plan_other_organs(chaos_names):
+    card = load_card("CHAOST2")
+    plan = fold_plan({"eval_fold": 0, "label_sets": 0}, card, chaos_names, [1, 4])
+    assert plan == FoldPlan(0, 0, (1, 2, 3, 5), 8, (1, 4))
+    with pytest.raises(ValueError, match=r"--organs=\[5\]: label\(s\) \[5\] not in dataset CHAOST2"):
+        fold_plan({}, card, chaos_names, [5])
+
+
 def test_float16_cache_keeps_every_sign(tmp_path):
     margins = np.array([1e-9, -1e-9, 0.0, 3.5, -70000.0, 2e-8], np.float32).reshape(1, 1, 2, 3)
     f16 = _to_f16(margins)

@@ -9,7 +9,8 @@ import torch
 
 from util.segment.checkpoint_info import inspect_checkpoint, modelname_from_state
 from util.segment.inputs import mask_name, query_stem
-from util.segment.calibrate import SupportEvidence, best_run, slice_scores, support_evidence
+from util.segment.calibrate import (SupportEvidence, best_run, pixel_threshold, share_threshold,
+                                    slice_scores, support_evidence)
 from util.segment.rule import (combine_max, estimated_extent, label_free_mask, largest_component,
                                masks_by_part)
 from util.segment.volumes import Prepared, range_to_training
@@ -137,19 +138,70 @@ def test_best_run_by_hand(gain, expected):
 
 
 def test_support_rule_finds_the_organ_slices_and_nothing_else():
-    ev = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=8)
+    # the support's share of organ slices (4 of 12) puts the query's own threshold midway between
+    # its 4th (4) and 5th (2.5) highest scores, 3.25: the support's 3.0 is the lower, it is used
+    ev = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12)
     # organ slices 3..6 (scores 5, 6, 2.5, 5: a dip bridged), a lone spike at slice 9
     peaks = [1, 1, 2, 5, 6, 2.5, 5, 1, 1, 4, 1, 1]
     m = _scored([float(v) for v in peaks])
     res = label_free_mask(m, "support", ev)
     assert res.extent == (3, 6) and res.found
     assert "slices 3-6" in res.how and "3.00" in res.how and "6.00" in res.how
-    # inside 3..6 each slice takes its protocol part: width 3/3 = 1 -> z 3: part 0, 4: 1, 5: 2,
-    # 6: 3 -> clipped to 2. The peak pixel (1, 1) is predicted by part z % 3: slices 3, 4, 5 by
-    # parts 0, 1, 2 (kept), slice 6 by part 0 (not its part: background); slice 9 is outside
+    # inside 3..6 a pixel is organ where any part's margin exceeds the pixel threshold (0 here):
+    # the peak pixel (1, 1) on slices 3, 4, 5, 6 (margins 5, 6, 2.5, 5); the spike on 9 is outside
     expected = np.zeros((12, 4, 4), np.uint8)
-    expected[3, 1, 1] = expected[4, 1, 1] = expected[5, 1, 1] = 1
+    expected[3:7, 1, 1] = 1
     np.testing.assert_array_equal(res.mask, expected)
+    # a pixel threshold of 4: slice 5's peak (2.5) is dropped, the range stays 3..6
+    strict = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
+                             pixel_threshold=4.0)
+    res = label_free_mask(m, "support", strict)
+    expected[5, 1, 1] = 0
+    assert res.extent == (3, 6) and "above 4.000" in res.how
+    np.testing.assert_array_equal(res.mask, expected)
+
+
+def test_share_threshold_by_hand():
+    scores = np.array([1.0, 5.0, 3.0, 4.0])                   # ranked 5, 4, 3, 1
+    assert share_threshold(scores, 0.5) == pytest.approx(3.5)   # k = 2: (4 + 3) / 2
+    assert share_threshold(scores, 0.0) == pytest.approx(4.5)   # k at least 1: (5 + 4) / 2
+    assert share_threshold(scores, 1.0) == pytest.approx(0.0)   # k = Z: below all, 1 - 1
+
+
+def test_support_rule_lower_query_scores_use_the_support_share():
+    # the support's slices scored up to its threshold 5.5 (they match its own support slices);
+    # the query's organ slices 2..4 score 5.8, 5.0, 4.8, the rest 1..2. Share 3 of 10 -> k = 3:
+    # midway between the 3rd (4.8) and 4th (2.0) highest, 3.4 < 5.5 -> the run 2..4
+    ev = SupportEvidence(threshold=5.5, accuracy=1.0, organ_slices=3, n_slices=10)
+    peaks = [1.0, 2.0, 5.8, 5.0, 4.8, 2.0, 1.0, 1.5, 1.0, 1.0]
+    res = label_free_mask(_scored(peaks), "support", ev)
+    assert res.extent == (2, 4) and "above 3.40" in res.how
+    expected = np.zeros((10, 4, 4), np.uint8)
+    expected[2:5, 1, 1] = 1
+    np.testing.assert_array_equal(res.mask, expected)
+    # no slice reaches the support's 5.5: not found, whatever the share would allow
+    res = label_free_mask(_scored([1.0, 5.4, 5.3, 1.0]), "support", ev)
+    assert res.extent is None and not res.found and "5.50" in res.how
+
+
+def test_pixel_threshold_by_hand():
+    """Organ pixel (0, 0) on slices 2..5 with margin 3; a blob pixel (3, 3) with margin 1 on all 8
+    slices. Part slices of the organ list [2, 3, 4, 5] for 3 parts: int(4/6)=0 -> 2, int(4/2)=2 ->
+    4, int(4*5/6)=3 -> 5, left out; kept: slice 3 (organ) and 0, 1, 6, 7.
+    t < 1: blob on 5 kept slices + 1 organ pixel, Dice 2*1 / (6 + 1) = 0.286; 1 <= t < 3: Dice 1
+    (the first grid value, 1.0, is taken: ``margin > t`` drops the blob's 1.0); t >= 3: 0."""
+    m = np.full((3, 8, 4, 4), -2.0, np.float32)
+    m[:, :, 3, 3] = 1.0
+    m[1, 2:6, 0, 0] = 3.0
+    truth = np.zeros((8, 4, 4), bool)
+    truth[2:6, 0, 0] = True
+    t, d = pixel_threshold(m, truth)
+    assert t == pytest.approx(1.0) and d == pytest.approx(1.0)
+    # without the blob the network's own decision (t = 0) is already perfect: 0 is kept
+    m[:, :, 3, 3] = -2.0
+    assert pixel_threshold(m, truth) == (0.0, pytest.approx(1.0))
+    ev = support_evidence(m, truth)
+    assert ev.pixel_threshold == 0.0 and ev.pixel_dice == pytest.approx(1.0)
 
 
 def test_support_rule_without_organ_is_empty():

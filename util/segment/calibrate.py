@@ -7,14 +7,21 @@ and without the organ, for this network, organ and support (:func:`support_evide
 - a slice's score is its best match to the organ: the largest organ-minus-background margin over
   its pixels and the support's parts (:func:`slice_scores`; 20 x the cosine-similarity gap of
   ALPNet's prototype classifier);
-- the threshold is the score that best separates the support's organ slices from its other
-  slices (the largest balanced accuracy; the midpoint between neighbouring scores).
+- the slice threshold is the score that best separates the support's organ slices from its other
+  slices (the largest balanced accuracy; the midpoint between neighbouring scores);
+- the pixel threshold is the margin (0 or more, in steps of ``PIXEL_STEP``) above which the union
+  of the parts' predictions best matches the support's own organ (largest Dice over its slices,
+  the part slices themselves left out: they match themselves). A network that paints a blob
+  around the organ paints it with smaller margins than the organ itself.
 
-A query is scored the same way; its organ is the run of consecutive slices whose summed excess
-of the score over the threshold is largest (:func:`choose_slices`, a maximum-sum run): isolated
-slices above the threshold away from the organ are left out, a single dip inside it is bridged,
-and a query with no slice above the threshold has no organ. Nothing of the query but its image
-is used.
+A query is scored the same way. When none of its slices reaches the support's slice threshold
+the organ is not found. Otherwise its organ is the run of consecutive slices whose summed excess
+of the score over a threshold is largest (:func:`choose_slices`, a maximum-sum run): isolated
+slices above it away from the organ are left out, a single dip inside it is bridged. That
+threshold is the support's, or lower when the query's scores are lower overall: the query's own
+score above which the support's share of organ slices lies (the support's slices match its own
+support slices better than any query's do, so its scores can run higher). Inside the run a pixel is organ where
+any part's margin exceeds the pixel threshold. Nothing of the query but its image is used.
 """
 from __future__ import annotations
 
@@ -23,10 +30,14 @@ import logging
 
 import numpy as np
 
-__all__ = ["SupportEvidence", "Choice", "slice_scores", "support_evidence", "best_run",
-           "choose_slices"]
+from util.protocol import organ_slices, support_slice_indices
+
+__all__ = ["SupportEvidence", "Choice", "slice_scores", "support_evidence", "pixel_threshold",
+           "best_run", "share_threshold", "choose_slices", "support_mask", "PIXEL_STEP"]
 
 log = logging.getLogger(__name__)
+
+PIXEL_STEP = 0.125   # grid of the pixel threshold (margin units: 20 x a cosine-similarity gap)
 
 
 def slice_scores(margins: np.ndarray) -> np.ndarray:
@@ -45,11 +56,40 @@ def slice_scores(margins: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class SupportEvidence:
     """What the support's own slices say: ``threshold`` separates its organ slices from the
-    others with ``accuracy`` (balanced); ``organ_slices`` of ``n_slices`` hold the organ."""
+    others with ``accuracy`` (balanced); ``organ_slices`` of ``n_slices`` hold the organ; a pixel
+    is organ where a part's margin exceeds ``pixel_threshold`` (Dice ``pixel_dice`` on the
+    support's slices other than its part slices)."""
     threshold: float
     accuracy: float
     organ_slices: int
     n_slices: int
+    pixel_threshold: float = 0.0
+    pixel_dice: float = float("nan")
+
+
+def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, float]:
+    """The margin ``t >= 0`` (grid ``PIXEL_STEP``) maximising the Dice of ``max over parts >
+    t`` against the support's organ, the support's part slices left out; (t, Dice).
+
+    Args:
+        margins: npart x Z x H x W margins of the support's own slices.
+        truth_zhw: Z x H x W boolean organ mask.
+    """
+    npart = margins.shape[0]
+    keep = np.ones(truth_zhw.shape[0], bool)
+    keep[support_slice_indices(organ_slices(np.moveaxis(truth_zhw, 0, -1), True), npart)] = False
+    best = margins.max(axis=0)[keep]                          # Z' x H x W
+    truth = truth_zhw[keep]
+    n_truth = int(np.count_nonzero(truth))
+    top = float(best.max()) if best.size else 0.0
+    best_t, best_d = 0.0, -1.0
+    for t in np.arange(0.0, max(top, 0.0) + PIXEL_STEP, PIXEL_STEP):
+        pred = best > t
+        total = int(np.count_nonzero(pred)) + n_truth
+        d = 2.0 * np.count_nonzero(pred & truth) / total if total else 1.0
+        if d > best_d + 1e-12:
+            best_t, best_d = float(t), float(d)
+    return best_t, best_d
 
 
 def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvidence:
@@ -77,7 +117,8 @@ def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvide
         tnr = float((~above[~organ]).mean()) if (~organ).any() else 1.0
         if (tpr + tnr) / 2.0 > best_acc + 1e-12:
             best_acc, best_t = (tpr + tnr) / 2.0, float(t)
-    return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size))
+    pix_t, pix_d = pixel_threshold(margins, np.asarray(truth_zhw, bool))
+    return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size), pix_t, pix_d)
 
 
 def best_run(gain: np.ndarray) -> tuple[int, int] | None:
@@ -103,24 +144,48 @@ def best_run(gain: np.ndarray) -> tuple[int, int] | None:
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The slices chosen for a query: ``extent`` (first, last) or None (organ not found), the
-    query's largest score and the threshold used."""
+    query's largest score, the slice threshold used and the pixel threshold."""
     extent: tuple[int, int] | None
     peak: float
     threshold: float
+    pixel_threshold: float = 0.0
 
     @property
     def detail(self) -> str:
-        return (f"slice score (best organ margin) above the support's threshold "
-                f"{self.threshold:.2f}; query's highest {self.peak:.2f}")
+        return (f"slice score (best organ margin) above {self.threshold:.2f}; query's highest "
+                f"{self.peak:.2f}; pixels with a margin above {self.pixel_threshold:.3f}")
+
+
+def share_threshold(scores: np.ndarray, share: float) -> float:
+    """The score above which ``share`` of the slices lie: midway between the k-th and (k+1)-th
+    highest score, k = round(share x Z) (at least 1); below all scores when k = Z."""
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    k = min(max(1, int(round(share * ranked.size))), ranked.size)
+    return float((ranked[k - 1] + ranked[k]) / 2.0) if k < ranked.size else float(ranked[-1] - 1.0)
 
 
 def choose_slices(margins: np.ndarray, evidence: SupportEvidence) -> Choice:
-    """The organ's slices in a query: the maximum-sum run of ``score - threshold`` (module
-    docstring).
+    """The organ's slices in a query (module docstring): none when no slice score reaches the
+    support's threshold, else the maximum-sum run of ``score - t`` with ``t`` the lower of the
+    support's threshold and the query's score at the support's share of organ slices.
 
     Args:
         margins: npart x Z x H x W margins of the query.
     """
     scores = slice_scores(margins)
-    extent = best_run(scores - evidence.threshold)
-    return Choice(extent, float(scores.max()) if scores.size else float("nan"), evidence.threshold)
+    peak = float(scores.max()) if scores.size else float("nan")
+    if not scores.size or peak < evidence.threshold:
+        return Choice(None, peak, evidence.threshold, evidence.pixel_threshold)
+    t = min(evidence.threshold, share_threshold(scores, evidence.organ_slices / evidence.n_slices))
+    return Choice(best_run(scores - t), peak, t, evidence.pixel_threshold)
+
+
+def support_mask(margins: np.ndarray, evidence: SupportEvidence) -> tuple[np.ndarray, Choice]:
+    """The ``support`` rule's mask (Z x H x W uint8): inside the chosen run, pixels where any
+    part's margin exceeds the support's pixel threshold; elsewhere background."""
+    choice = choose_slices(margins, evidence)
+    out = np.zeros(margins.shape[1:], dtype=np.uint8)
+    if choice.extent is not None:
+        z0, z1 = choice.extent
+        out[z0:z1 + 1] = margins[:, z0:z1 + 1].max(axis=0) > evidence.pixel_threshold
+    return out, choice

@@ -12,8 +12,8 @@ logit). The rules (``RULES``):
 
 - ``support`` (the default): the organ's slices are the maximum-sum run of the slice score over a
   threshold calibrated on the support scan's own slices (:mod:`util.segment.calibrate`); a query
-  with no slice above it gets an empty mask. Inside the run each slice takes the prediction of
-  the part the protocol would assign it to (``assign_parts`` over the run), outside background.
+  with no slice above it gets an empty mask. Inside the run a pixel is organ where any part's
+  margin exceeds a pixel threshold calibrated on the support too; outside, background.
 - ``extent``: the union over the parts (a pixel is organ when any part predicts it); its largest
   3-D connected component gives the first and last slice; parts assigned inside as above.
 - ``max``: the union over the parts on every slice (no extent).
@@ -32,7 +32,7 @@ import torch
 from scipy import ndimage
 
 from util.protocol import Support, assign_parts, encode_slices, predict_from_support
-from util.segment.calibrate import SupportEvidence, choose_slices, support_evidence
+from util.segment.calibrate import SupportEvidence, support_evidence, support_mask
 
 __all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
            "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",
@@ -165,8 +165,8 @@ def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE,
                           f"extent: largest 3-D component spans slices {extent[0]}-{extent[1]}")
     if evidence is None:
         raise ValueError("rule 'support' needs the support's calibration (support_evidence)")
-    choice = choose_slices(per_part, evidence)
+    mask, choice = support_mask(per_part, evidence)
     if choice.extent is None:
         return RuleResult(empty, None, f"support: organ not found, no {choice.detail}")
-    return RuleResult(masks_by_part(per_part, *choice.extent), choice.extent,
+    return RuleResult(mask, choice.extent,
                       f"support: slices {choice.extent[0]}-{choice.extent[1]}, {choice.detail}")
