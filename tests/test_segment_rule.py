@@ -161,6 +161,27 @@ def test_support_rule_finds_the_organ_slices_and_nothing_else():
     np.testing.assert_array_equal(res.mask, expected)
 
 
+def test_support_rule_lower_query_margins_use_the_support_voxel_share():
+    # the query of the test above (192 voxels: peaks 5, 6, 2.5, 5 on slices 3..6 and the spike 4
+    # on 9, 1..2 elsewhere, all other voxels -5). The support's pixel threshold 5.5 keeps only
+    # slice 4's peak; its organ share 4/192 puts the query's own threshold at the quantile
+    # 1 - 4/192 of its margins: position 191 x 188/192 = 187.02 of the sorted values, between
+    # 2.5 (187th) and 4 (188th): 2.5 + 0.0208 x 1.5 = 2.531 < 5.5 -> slices 3, 4, 6 keep a voxel
+    peaks = [1, 1, 2, 5, 6, 2.5, 5, 1, 1, 4, 1, 1]
+    m = _scored([float(v) for v in peaks])
+    only_support = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
+                                   pixel_threshold=5.5)
+    res = label_free_mask(m, "support", only_support)
+    assert res.extent == (3, 6) and int(res.mask.sum()) == 1 and res.mask[4, 1, 1] == 1
+    shared = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
+                             pixel_threshold=5.5, voxel_share=4 / 192)
+    res = label_free_mask(m, "support", shared)
+    expected = np.zeros((12, 4, 4), np.uint8)
+    expected[[3, 4, 6], 1, 1] = 1
+    assert res.extent == (3, 6) and "above 2.531" in res.how
+    np.testing.assert_array_equal(res.mask, expected)
+
+
 def test_share_threshold_by_hand():
     scores = np.array([1.0, 5.0, 3.0, 4.0])                   # ranked 5, 4, 3, 1
     assert share_threshold(scores, 0.5) == pytest.approx(3.5)   # k = 2: (4 + 3) / 2
@@ -202,6 +223,7 @@ def test_pixel_threshold_by_hand():
     assert pixel_threshold(m, truth) == (0.0, pytest.approx(1.0))
     ev = support_evidence(m, truth)
     assert ev.pixel_threshold == 0.0 and ev.pixel_dice == pytest.approx(1.0)
+    assert ev.voxel_share == pytest.approx(4 / (8 * 16))      # 4 organ voxels of 8 x 4 x 4
 
 
 def test_support_rule_without_organ_is_empty():

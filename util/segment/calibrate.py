@@ -12,7 +12,9 @@ and without the organ, for this network, organ and support (:func:`support_evide
 - the pixel threshold is the margin (0 or more, in steps of ``PIXEL_STEP``) above which the union
   of the parts' predictions best matches the support's own organ (largest Dice over its slices,
   the part slices themselves left out: they match themselves). A network that paints a blob
-  around the organ paints it with smaller margins than the organ itself.
+  around the organ paints it with smaller margins than the organ itself. A query whose margins
+  are lower overall gets a lower one: its margin above which the support's share of organ
+  voxels lies (:func:`support_mask`).
 
 A query is scored the same way. When none of its slices reaches the support's slice threshold
 the organ is not found. Otherwise its organ is the run of consecutive slices whose summed excess
@@ -65,6 +67,7 @@ class SupportEvidence:
     n_slices: int
     pixel_threshold: float = 0.0
     pixel_dice: float = float("nan")
+    voxel_share: float = 0.0
 
 
 def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, float]:
@@ -117,8 +120,10 @@ def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvide
         tnr = float((~above[~organ]).mean()) if (~organ).any() else 1.0
         if (tpr + tnr) / 2.0 > best_acc + 1e-12:
             best_acc, best_t = (tpr + tnr) / 2.0, float(t)
-    pix_t, pix_d = pixel_threshold(margins, np.asarray(truth_zhw, bool))
-    return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size), pix_t, pix_d)
+    truth = np.asarray(truth_zhw, bool)
+    pix_t, pix_d = pixel_threshold(margins, truth)
+    return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size), pix_t, pix_d,
+                           float(np.count_nonzero(truth)) / truth.size)
 
 
 def best_run(gain: np.ndarray) -> tuple[int, int] | None:
@@ -182,10 +187,17 @@ def choose_slices(margins: np.ndarray, evidence: SupportEvidence) -> Choice:
 
 def support_mask(margins: np.ndarray, evidence: SupportEvidence) -> tuple[np.ndarray, Choice]:
     """The ``support`` rule's mask (Z x H x W uint8): inside the chosen run, pixels where any
-    part's margin exceeds the support's pixel threshold; elsewhere background."""
+    part's margin exceeds the pixel threshold; elsewhere background. The pixel threshold is the
+    support's, or lower when the query's margins are lower overall: the query's margin above
+    which the support's share of organ voxels lies."""
     choice = choose_slices(margins, evidence)
     out = np.zeros(margins.shape[1:], dtype=np.uint8)
-    if choice.extent is not None:
-        z0, z1 = choice.extent
-        out[z0:z1 + 1] = margins[:, z0:z1 + 1].max(axis=0) > evidence.pixel_threshold
-    return out, choice
+    if choice.extent is None:
+        return out, choice
+    best = margins.max(axis=0)                                    # Z x H x W
+    tau = evidence.pixel_threshold
+    if evidence.voxel_share > 0.0:
+        tau = min(tau, float(np.quantile(best, 1.0 - evidence.voxel_share)))
+    z0, z1 = choice.extent
+    out[z0:z1 + 1] = best[z0:z1 + 1] > tau
+    return out, dataclasses.replace(choice, pixel_threshold=tau)
