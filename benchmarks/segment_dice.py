@@ -1,6 +1,7 @@
 """Dice of ``segment.py``'s label-free rules against the protocol on the real CHAOS scans.
 
-``python -m benchmarks.segment --dice CHECKPOINT [--data-dir DIR] [--cache DIR] [--json FILE]``
+``python -m benchmarks.segment --dice CHECKPOINT [--data-dir DIR] [--organs C ...] [--cache DIR]
+[--json FILE]``
 
 The checkpoint's own config says what is measured (the configuration travels as data, never
 parsed from a file name): the fold (``eval_fold``: its validation scans, the last one as
@@ -202,7 +203,7 @@ def markdown(rows: list[dict], rules: Sequence[str], card_labels: Sequence[str])
 
 
 def summary_markdown(rows: list[dict], rules: Sequence[str]) -> str:
-    """The means over all (query, organ) pairs, one line per rule, as the issue's table."""
+    """The means over all (query, organ) pairs, one line per rule (docs/segment.md's tables)."""
     prot = float(np.mean([r["protocol"] for r in rows]))
     lines = ["| rule | whole-volume Dice | Dice on the organ's true slices | whole / protocol |",
              "|---|---|---|---|",
