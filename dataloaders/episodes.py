@@ -93,16 +93,22 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 def init_worker(worker_id: int) -> None:
     """DataLoader worker init: stop signals ignored (``ignore_stop_signals``) and
-    ``WORKER_THREADS`` OpenCV and torch threads per worker."""
+    ``WORKER_THREADS`` torch threads per worker. OpenCV's thread count is inherited from the
+    parent, which ``episode_loader`` sets before the workers fork: changing it inside a forked
+    child tears down a thread pool copied from the parent without its threads, which can hang
+    the worker forever (seen with OpenCV 4 under the test suite)."""
     ignore_stop_signals(worker_id)
-    import cv2
-    cv2.setNumThreads(WORKER_THREADS)
     torch.set_num_threads(WORKER_THREADS)
 
 
 def episode_loader(dataset: Dataset, *, start: int, batch_size: int, num_workers: int,
                    pin_memory: bool = False) -> DataLoader:
     """A DataLoader over episodes ``start, start + 1, ...`` in batches of ``batch_size``."""
+    if int(num_workers) > 0:
+        # before the fork, in this process: workers inherit it (see init_worker); augmentation,
+        # OpenCV's only user, runs in the workers then
+        import cv2
+        cv2.setNumThreads(WORKER_THREADS)
     return DataLoader(dataset, batch_sampler=EpisodeBatchSampler(start, batch_size),
                       num_workers=int(num_workers), pin_memory=pin_memory,
                       persistent_workers=False,
