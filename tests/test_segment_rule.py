@@ -203,6 +203,12 @@ def test_support_rule_lower_query_scores_use_the_support_share():
     # no slice reaches the support's 5.5: not found, whatever the share would allow
     res = label_free_mask(_scored([1.0, 5.4, 5.3, 1.0]), "support", ev)
     assert res.extent is None and not res.found and "5.50" in res.how
+    # ... unless a slice reaches the support's weakest organ slice (5.0): share 3/10 of 4 -> k = 1,
+    # midway between 5.4 and 5.3 = 5.35 -> the run is slice 1 alone
+    weak = SupportEvidence(threshold=5.5, accuracy=1.0, organ_slices=3, n_slices=10,
+                           weakest_organ=5.0)
+    res = label_free_mask(_scored([1.0, 5.4, 5.3, 1.0]), "support", weak)
+    assert res.extent == (1, 1) and res.found
 
 
 def test_pixel_threshold_by_hand():

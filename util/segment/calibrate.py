@@ -16,14 +16,15 @@ and without the organ, for this network, organ and support (:func:`support_evide
   are lower overall gets a lower one: its margin above which the support's share of organ
   voxels lies (:func:`support_mask`).
 
-A query is scored the same way. When none of its slices reaches the support's slice threshold
-the organ is not found. Otherwise its organ is the run of consecutive slices whose summed excess
-of the score over a threshold is largest (:func:`choose_slices`, a maximum-sum run): isolated
-slices above it away from the organ are left out, a single dip inside it is bridged. That
-threshold is the support's, or lower when the query's scores are lower overall: the query's own
-score above which the support's share of organ slices lies (the support's slices match its own
-support slices better than any query's do, so its scores can run higher). Inside the run a pixel is organ where
-any part's margin exceeds the pixel threshold. Nothing of the query but its image is used.
+A query is scored the same way. When none of its slices reaches the support's slice threshold,
+nor the score of the support's weakest organ slice, the organ is not found. Otherwise its organ
+is the run of consecutive slices whose summed excess of the score over a threshold is largest
+(:func:`choose_slices`, a maximum-sum run): isolated slices above it away from the organ are
+left out, a single dip inside it is bridged. That threshold is the support's, or lower when the
+query's scores are lower overall: the query's own score above which the support's share of organ
+slices lies (the support's slices match its own support slices better than any query's do, so
+its scores can run higher). Inside the run a pixel is organ where any part's margin exceeds the
+pixel threshold. Nothing of the query but its image is used.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def slice_scores(margins: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class SupportEvidence:
     """What the support's own slices say: ``threshold`` separates its organ slices from the
-    others with ``accuracy`` (balanced); ``organ_slices`` of ``n_slices`` hold the organ; a pixel
+    others with ``accuracy`` (balanced); ``organ_slices`` of ``n_slices`` hold the organ, the
+    weakest of them scoring ``weakest_organ``; ``voxel_share`` of its voxels; a pixel
     is organ where a part's margin exceeds ``pixel_threshold`` (Dice ``pixel_dice`` on the
     support's slices other than its part slices)."""
     threshold: float
@@ -68,6 +70,7 @@ class SupportEvidence:
     pixel_threshold: float = 0.0
     pixel_dice: float = float("nan")
     voxel_share: float = 0.0
+    weakest_organ: float = float("inf")
 
 
 def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, float]:
@@ -123,7 +126,7 @@ def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvide
     truth = np.asarray(truth_zhw, bool)
     pix_t, pix_d = pixel_threshold(margins, truth)
     return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size), pix_t, pix_d,
-                           float(np.count_nonzero(truth)) / truth.size)
+                           float(np.count_nonzero(truth)) / truth.size, float(scores[organ].min()))
 
 
 def best_run(gain: np.ndarray) -> tuple[int, int] | None:
@@ -171,7 +174,8 @@ def share_threshold(scores: np.ndarray, share: float) -> float:
 
 def choose_slices(margins: np.ndarray, evidence: SupportEvidence) -> Choice:
     """The organ's slices in a query (module docstring): none when no slice score reaches the
-    support's threshold, else the maximum-sum run of ``score - t`` with ``t`` the lower of the
+    support's threshold nor the score of the support's weakest organ slice, else the
+    maximum-sum run of ``score - t`` with ``t`` the lower of the
     support's threshold and the query's score at the support's share of organ slices.
 
     Args:
@@ -179,8 +183,9 @@ def choose_slices(margins: np.ndarray, evidence: SupportEvidence) -> Choice:
     """
     scores = slice_scores(margins)
     peak = float(scores.max()) if scores.size else float("nan")
-    if not scores.size or peak < evidence.threshold:
-        return Choice(None, peak, evidence.threshold, evidence.pixel_threshold)
+    if not scores.size or peak < min(evidence.threshold, evidence.weakest_organ):
+        return Choice(None, peak, min(evidence.threshold, evidence.weakest_organ),
+                      evidence.pixel_threshold)
     t = min(evidence.threshold, share_threshold(scores, evidence.organ_slices / evidence.n_slices))
     return Choice(best_run(scores - t), peak, t, evidence.pixel_threshold)
 
