@@ -43,7 +43,7 @@ def imported_project_files(stderr: str) -> set[str]:
 def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-X", "importtime", script, "with", *args], cwd=ROOT,
-                          env=env, text=True, capture_output=True, timeout=900)
+                          env=env, text=True, encoding="utf-8", capture_output=True, timeout=900)
 
 
 def read_json(path: Path):
