@@ -121,3 +121,13 @@ def test_superpixels_and_fgmask_match_published(real_data_dir, tmp_path):
     again = make_pseudolabels("CHAOST2", tmp_path, "MIDDLE", jobs=2, progress=False)
     assert (again.written, again.skipped) == (0, len(REAL_SUBSET))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_parallel_pool_takes_the_largest_scans_first(tmp_path):
+    """The pool's order: image files by decreasing size (ties keep the scan order)."""
+    from data.pseudolabels import largest_first
+
+    card = load_card("CHAOST2")
+    for sid, nbytes in ((1, 10), (2, 300), (3, 20), (5, 300), (8, 5)):
+        (tmp_path / card.file("image", id=sid)).write_bytes(b"x" * nbytes)
+    assert largest_first(card, tmp_path, [1, 2, 3, 5, 8]) == [2, 5, 3, 1, 8]
