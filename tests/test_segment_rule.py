@@ -152,12 +152,13 @@ def test_support_rule_finds_the_organ_slices_and_nothing_else():
     expected = np.zeros((12, 4, 4), np.uint8)
     expected[3:7, 1, 1] = 1
     np.testing.assert_array_equal(res.mask, expected)
-    # a pixel threshold of 4: slice 5's peak (2.5) is dropped, the range stays 3..6
+    # a pixel threshold of 4: slice 5's peak (2.5) is dropped, which splits the kept pixels into
+    # two 3-D components, slices 3..4 (2 voxels) and slice 6 (1 voxel): the larger one is kept
     strict = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
                              pixel_threshold=4.0)
     res = label_free_mask(m, "support", strict)
-    expected[5, 1, 1] = 0
-    assert res.extent == (3, 6) and "above 4.000" in res.how
+    expected[5:7, 1, 1] = 0
+    assert res.extent == (3, 4) and "above 4.000" in res.how
     np.testing.assert_array_equal(res.mask, expected)
 
 
@@ -166,19 +167,50 @@ def test_support_rule_lower_query_margins_use_the_support_voxel_share():
     # on 9, 1..2 elsewhere, all other voxels -5). The support's pixel threshold 5.5 keeps only
     # slice 4's peak; its organ share 4/192 puts the query's own threshold at the quantile
     # 1 - 4/192 of its margins: position 191 x 188/192 = 187.02 of the sorted values, between
-    # 2.5 (187th) and 4 (188th): 2.5 + 0.0208 x 1.5 = 2.531 < 5.5 -> slices 3, 4, 6 keep a voxel
+    # 2.5 (187th) and 4 (188th): 2.5 + 0.0208 x 1.5 = 2.531 < 5.5 -> slices 3, 4, 6 keep a voxel,
+    # of which the largest 3-D component, slices 3..4, is kept (slice 6 is cut off by slice 5)
     peaks = [1, 1, 2, 5, 6, 2.5, 5, 1, 1, 4, 1, 1]
     m = _scored([float(v) for v in peaks])
     only_support = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
                                    pixel_threshold=5.5)
     res = label_free_mask(m, "support", only_support)
-    assert res.extent == (3, 6) and int(res.mask.sum()) == 1 and res.mask[4, 1, 1] == 1
+    assert res.extent == (4, 4) and int(res.mask.sum()) == 1 and res.mask[4, 1, 1] == 1
     shared = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=4, n_slices=12,
                              pixel_threshold=5.5, voxel_share=4 / 192)
     res = label_free_mask(m, "support", shared)
     expected = np.zeros((12, 4, 4), np.uint8)
-    expected[[3, 4, 6], 1, 1] = 1
-    assert res.extent == (3, 6) and "above 2.531" in res.how
+    expected[[3, 4], 1, 1] = 1
+    assert res.extent == (3, 4) and "above 2.531" in res.how
+    np.testing.assert_array_equal(res.mask, expected)
+
+
+def test_support_rule_keeps_the_largest_3d_component():
+    # organ: a 2 x 2 block at rows/cols 0..1 on slices 2..4 (12 voxels, margin 6); inside the run
+    # two responses above the pixel threshold 0 that do not touch it through a face: pixel (3, 3)
+    # on slices 2..3 (2 voxels) and pixel (2, 2) on slice 3, diagonal to the block's (1, 1) (a
+    # 26- but not a 6-neighbour). Only the block is kept; the run is 2..4.
+    m = np.full((2, 6, 4, 4), -5.0, np.float32)
+    m[0, 2:5, 0:2, 0:2] = 6.0
+    m[1, 2:4, 3, 3] = 4.0
+    m[1, 3, 2, 2] = 4.0
+    ev = SupportEvidence(threshold=3.0, accuracy=1.0, organ_slices=3, n_slices=6)
+    res = label_free_mask(m, "support", ev)
+    expected = np.zeros((6, 4, 4), np.uint8)
+    expected[2:5, 0:2, 0:2] = 1
+    assert res.extent == (2, 4)
+    np.testing.assert_array_equal(res.mask, expected)
+    # the kept component's slices are the extent: the block on slice 2 only (4 voxels) loses to
+    # a 5-voxel response on slices 3..4 (pixel (3, 3) on both, (3, 2), (2, 3), (2, 2) on slice 3);
+    # the run is still 2..4, the extent 3..4
+    m = np.full((2, 6, 4, 4), -5.0, np.float32)
+    m[0, 2, 0:2, 0:2] = 6.0
+    m[1, 3:5, 3, 3] = 4.0
+    m[1, 3, [3, 2, 2], [2, 3, 2]] = 4.0
+    res = label_free_mask(m, "support", ev)
+    expected[:] = 0
+    expected[3:5, 3, 3] = 1
+    expected[3, [3, 2, 2], [2, 3, 2]] = 1
+    assert res.extent == (3, 4) and "slices 3-4" in res.how
     np.testing.assert_array_equal(res.mask, expected)
 
 

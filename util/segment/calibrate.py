@@ -24,7 +24,9 @@ left out, a single dip inside it is bridged. That threshold is the support's, or
 query's scores are lower overall: the query's own score above which the support's share of organ
 slices lies (the support's slices match its own support slices better than any query's do, so
 its scores can run higher). Inside the run a pixel is organ where any part's margin exceeds the
-pixel threshold. Nothing of the query but its image is used.
+pixel threshold; of those pixels only the largest 3-D connected component is kept (an organ is
+one connected body: scattered responses on neighbouring organs and the body wall are dropped).
+Nothing of the query but its image is used.
 """
 from __future__ import annotations
 
@@ -32,15 +34,28 @@ import dataclasses
 import logging
 
 import numpy as np
+from scipy import ndimage
 
 from util.protocol import organ_slices, support_slice_indices
 
 __all__ = ["SupportEvidence", "Choice", "slice_scores", "support_evidence", "pixel_threshold",
-           "best_run", "share_threshold", "choose_slices", "support_mask", "PIXEL_STEP"]
+           "best_run", "share_threshold", "choose_slices", "support_mask", "largest_component",
+           "PIXEL_STEP", "CONNECTIVITY"]
 
 log = logging.getLogger(__name__)
 
 PIXEL_STEP = 0.125   # grid of the pixel threshold (margin units: 20 x a cosine-similarity gap)
+CONNECTIVITY = 1     # 6-neighbourhood in 3-D for the largest component (scipy's default)
+
+
+def largest_component(mask_zyx: np.ndarray) -> np.ndarray:
+    """The largest 3-D connected component (6-neighbourhood) of a binary mask (uint8)."""
+    labelled, n = ndimage.label(mask_zyx > 0, structure=ndimage.generate_binary_structure(3, CONNECTIVITY))
+    if n == 0:
+        return np.zeros(mask_zyx.shape, dtype=np.uint8)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return (labelled == int(sizes.argmax())).astype(np.uint8)
 
 
 def slice_scores(margins: np.ndarray) -> np.ndarray:
@@ -192,9 +207,11 @@ def choose_slices(margins: np.ndarray, evidence: SupportEvidence) -> Choice:
 
 def support_mask(margins: np.ndarray, evidence: SupportEvidence) -> tuple[np.ndarray, Choice]:
     """The ``support`` rule's mask (Z x H x W uint8): inside the chosen run, pixels where any
-    part's margin exceeds the pixel threshold; elsewhere background. The pixel threshold is the
+    part's margin exceeds the pixel threshold, of which only the largest 3-D connected component
+    (:func:`largest_component`) is kept; elsewhere background. The pixel threshold is the
     support's, or lower when the query's margins are lower overall: the query's margin above
-    which the support's share of organ voxels lies."""
+    which the support's share of organ voxels lies. The choice's extent is the kept component's
+    first and last slice (the run's when no pixel is kept)."""
     choice = choose_slices(margins, evidence)
     out = np.zeros(margins.shape[1:], dtype=np.uint8)
     if choice.extent is None:
@@ -205,4 +222,7 @@ def support_mask(margins: np.ndarray, evidence: SupportEvidence) -> tuple[np.nda
         tau = min(tau, float(np.quantile(best, 1.0 - evidence.voxel_share)))
     z0, z1 = choice.extent
     out[z0:z1 + 1] = best[z0:z1 + 1] > tau
-    return out, dataclasses.replace(choice, pixel_threshold=tau)
+    out = largest_component(out)
+    zs = np.flatnonzero(out.any(axis=(1, 2)))
+    extent = (int(zs[0]), int(zs[-1])) if zs.size else choice.extent
+    return out, dataclasses.replace(choice, extent=extent, pixel_threshold=tau)

@@ -13,7 +13,8 @@ logit). The rules (``RULES``):
 - ``support`` (the default): the organ's slices are the maximum-sum run of the slice score over a
   threshold calibrated on the support scan's own slices (:mod:`util.segment.calibrate`); a query
   with no slice above it gets an empty mask. Inside the run a pixel is organ where any part's
-  margin exceeds a pixel threshold calibrated on the support too; outside, background.
+  margin exceeds a pixel threshold calibrated on the support too, and of those pixels only the
+  largest 3-D connected component is kept; outside the run, background.
 - ``extent``: the union over the parts (a pixel is organ when any part predicts it); its largest
   3-D connected component gives the first and last slice; parts assigned inside as above.
 - ``max``: the union over the parts on every slice (no extent).
@@ -29,10 +30,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from util.protocol import Support, assign_parts, encode_slices, predict_from_support
-from util.segment.calibrate import SupportEvidence, support_evidence, support_mask
+from util.segment.calibrate import (SupportEvidence, largest_component, support_evidence,
+                                    support_mask)
 
 __all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
            "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 RULES = ("support", "extent", "max")
 DEFAULT_RULE = "support"
-CONNECTIVITY = 1          # 6-neighbourhood in 3-D for the largest component (scipy's default)
 
 
 def margins_every_part(model: torch.nn.Module, supports: Sequence[Support], image_hwz: np.ndarray,
@@ -96,16 +96,6 @@ def combine_max(per_part: np.ndarray) -> np.ndarray:
     """Largest foreground probability over the parts, thresholded at 1/2: a voxel is organ when
     any part predicts it (npart x Z x H x W margins -> Z x H x W uint8)."""
     return (per_part > 0).any(axis=0).astype(np.uint8)
-
-
-def largest_component(mask_zyx: np.ndarray) -> np.ndarray:
-    """The largest 3-D connected component (6-neighbourhood) of a binary mask (uint8)."""
-    labelled, n = ndimage.label(mask_zyx > 0, structure=ndimage.generate_binary_structure(3, CONNECTIVITY))
-    if n == 0:
-        return np.zeros(mask_zyx.shape, dtype=np.uint8)
-    sizes = np.bincount(labelled.ravel())
-    sizes[0] = 0
-    return (labelled == int(sizes.argmax())).astype(np.uint8)
 
 
 def estimated_extent(per_part: np.ndarray) -> tuple[int, int] | None:
