@@ -103,3 +103,24 @@ def real_data_reason() -> str:
     from tests.realdata import chaos_skip_reason
 
     return chaos_skip_reason()
+
+
+def bench_main(module: str, doc: str, run: Callable[..., dict], argv: list[str] | None, *,
+               quick_help: str, rounds_default: int, jobs: bool = False) -> int:
+    """The command line every benchmark module shares: ``python -m benchmarks.<module>
+    [--quick] [--rounds N]`` (``--jobs N`` where ``jobs``), one row printed, exit code 1 when
+    its agreement check failed."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"timed rounds of each path (default {rounds_default})")
+    if jobs:
+        p.add_argument("--jobs", type=int, default=2, help="processes of the parallel run")
+    args = p.parse_args(argv)
+    extra = {"jobs": args.jobs} if jobs else {}
+    res = run(quick=args.quick, rounds=args.rounds, **extra)
+    print_row(res)
+    return exit_code(res)

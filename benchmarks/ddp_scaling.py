@@ -21,7 +21,6 @@ single process's (per-tensor sums within a float tolerance; the run fails otherw
 """
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import os
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import exit_code, print_row, row
+from benchmarks.common import bench_main, row
 
 TARGET = 1.5
 CPU_MODEL, GPU_MODEL = "dlfcn_res18", "dlfcn_res101"
@@ -195,13 +194,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ddp_scaling", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="64 x 64, one timed step (smoke test)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 2)")
-    args = p.parse_args(argv)
-    res = run(quick=args.quick, rounds=args.rounds)
-    print_row(res)
-    return exit_code(res)
+    return bench_main("ddp_scaling", __doc__.split("\n\n")[0], run, argv,
+                      quick_help="64 x 64, one timed step (smoke test)", rounds_default=2)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ binary slices as validation records them (``labels=[c]``), alternating in one pr
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import numpy as np
 
-from benchmarks.common import alternate, exit_code, print_row, row
+from benchmarks.common import alternate, bench_main, row
 from util.metric import IGNORE_INDEX, Metric
 
 TARGET = 20.0
@@ -76,13 +75,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.metric", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="4 slices, one timed round")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 5)")
-    args = p.parse_args(argv)
-    res = run(quick=args.quick, rounds=args.rounds)
-    print_row(res)
-    return exit_code(res)
+    return bench_main("metric", __doc__.split("\n\n")[0], run, argv,
+                      quick_help="4 slices, one timed round", rounds_default=5)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ scans instead, without the comparison with published files, and says so. Quick m
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import alternate, exit_code, print_row, real_chaos_dir, row
+from benchmarks.common import alternate, bench_main, real_chaos_dir, row
 from data.cards import load_card
 from data.pseudolabels import make_pseudolabels
 from dataloaders.folds import scan_ids_in
@@ -138,15 +137,8 @@ def run(quick: bool = False, jobs: int = 2, rounds: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pseudolabels", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 scans; numbers not meaningful")
-    p.add_argument("--jobs", type=int, default=2, help="processes of the parallel run")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each (default 1)")
-    args = p.parse_args(argv)
-    res = run(quick=args.quick, jobs=args.jobs, rounds=args.rounds)
-    print_row(res)
-    return exit_code(res)
+    return bench_main("pseudolabels", __doc__, run, argv,
+                      quick_help="2 scans; numbers not meaningful", rounds_default=1, jobs=True)
 
 
 if __name__ == "__main__":

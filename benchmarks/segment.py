@@ -19,7 +19,6 @@ CHAOS scans (``benchmarks/segment_dice.py``): the table of docs/segment.md.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from benchmarks.common import alternate, exit_code, print_row, row
+from benchmarks.common import alternate, bench_main, row
 
 if TYPE_CHECKING:
     from util.segment import SegmentReport
@@ -146,13 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import segment_dice
 
         return segment_dice.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.segment", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke mode (numbers meaningless)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 1)")
-    args = parser.parse_args(argv)
-    res = run(quick=args.quick, rounds=args.rounds)
-    print_row(res)
-    return exit_code(res)
+    return bench_main("segment", __doc__.split("\n\n")[0], run, argv,
+                      quick_help="smoke mode (numbers meaningless)", rounds_default=1)
 
 
 if __name__ == "__main__":

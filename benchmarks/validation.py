@@ -15,7 +15,6 @@ one, warm (an untimed round on a small cut first). Target: at least 2x.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from benchmarks.common import alternate, exit_code, print_row, row, skipped_row
+from benchmarks.common import alternate, bench_main, row, skipped_row
 
 if TYPE_CHECKING:
     from dataloaders.validation_set import ValidationSet
@@ -112,13 +111,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.validation", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="one query scan cut to 4 slices, ResNet-18")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 1)")
-    args = p.parse_args(argv)
-    res = run(quick=args.quick, rounds=args.rounds)
-    print_row(res)
-    return exit_code(res)
+    return bench_main("validation", __doc__.split("\n\n")[0], run, argv,
+                      quick_help="one query scan cut to 4 slices, ResNet-18", rounds_default=1)
 
 
 if __name__ == "__main__":
