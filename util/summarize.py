@@ -15,7 +15,6 @@ scan held the organ; inf: empty prediction for HD95/ASSD) are left out of the me
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
