@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from util.io import atomic_path
-from util.radiological import DisplayOrientation, radiological_orientation, to_radiological
+from util.radiological import DisplayOrientation, apply_orientation, radiological_orientation
 
 if TYPE_CHECKING:
     from dataloaders.validation_set import ValidationSet
@@ -56,11 +56,11 @@ def _panel(ax, image_hw: np.ndarray, title: str, contours: Sequence[tuple[np.nda
            direction: Sequence[float]) -> DisplayOrientation:
     """One slice and its mask contours, all turned to radiological display by ``direction``."""
     orient = radiological_orientation(direction)
-    shown = to_radiological(image_hw, direction)
+    shown = apply_orientation(image_hw, orient)
     ax.imshow(shown, cmap="gray", interpolation="nearest")
     for mask, colour in contours:
         if np.any(mask) and not np.all(mask):
-            ax.contour(to_radiological(mask, direction).astype(np.float32), levels=[0.5],
+            ax.contour(apply_orientation(mask, orient).astype(np.float32), levels=[0.5],
                        colors=colour, linewidths=1.0)
     h, w = shown.shape
     ax.text(w / 2, 0, orient.top, color=SIDE_COLOUR, fontsize=7, ha="center", va="top")

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["DisplayOrientation", "radiological_orientation", "to_radiological", "CONVENTION"]
+__all__ = ["DisplayOrientation", "radiological_orientation", "to_radiological", "apply_orientation"]
 
 LPS_X, LPS_Y, LPS_Z = 0, 1, 2            # world axes: left, posterior, superior (positive ends)
 ROW_INDEX_AXIS, COL_INDEX_AXIS = 1, 0    # index axes of an H x W slice (j rows, i columns)
@@ -32,7 +32,6 @@ DISPLAY_AXES = {
 }
 # patient side at the negative / positive end of each world axis (edge letters of a figure)
 SIDE_LETTERS = {LPS_X: ("R", "L"), LPS_Y: ("A", "P"), LPS_Z: ("I", "S")}
-CONVENTION = "radiological view: anterior up, patient's right on the image's left"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +95,19 @@ def to_radiological(slice_hw: np.ndarray, direction: Sequence[float]) -> np.ndar
     Raises:
         ValueError: ``slice_hw`` is not 2-D, or a bad ``direction``.
     """
+    return apply_orientation(slice_hw, radiological_orientation(direction))
+
+
+def apply_orientation(slice_hw: np.ndarray, o: DisplayOrientation) -> np.ndarray:
+    """``to_radiological`` with the orientation already computed (one per volume, however many
+    slices or masks of it are drawn).
+
+    Raises:
+        ValueError: ``slice_hw`` is not 2-D.
+    """
     arr = np.asarray(slice_hw)
     if arr.ndim != 2:
         raise ValueError(f"to_radiological: expected an H x W slice, got shape {arr.shape}")
-    o = radiological_orientation(direction)
     if o.transpose:
         arr = arr.T
     if o.flip_rows:
