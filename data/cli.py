@@ -11,7 +11,7 @@ import argparse
 
 from data.cards import describe_cards
 
-__all__ = ["HelpFormatter", "new_parser", "cards_epilog"]
+__all__ = ["HelpFormatter", "new_parser"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -32,17 +32,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def cards_epilog() -> str:
-    """The ``--help`` epilog: the known dataset cards (``data.cards.describe_cards``)."""
-    return describe_cards()
-
-
 def new_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with ``HelpFormatter`` and the card list as epilog.
+    """An ``ArgumentParser`` with ``HelpFormatter`` and the card list (``data.cards.describe_cards``) as epilog.
 
     Args:
         prog: the command as a user types it, e.g. ``python -m data.prepare``.
         description: shown as written (usually the module docstring).
     """
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=cards_epilog(),
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=describe_cards(),
                                    formatter_class=HelpFormatter)
