@@ -27,8 +27,8 @@ from dataloaders.folds import (check_label_list, n_folds, scan_ids_in, split_fol
                                support_scan_ids, test_labels)
 from util.user_errors import MissingInputError, UserError, require_checkpoint
 
-__all__ = ["ConfigSummary", "check_config", "check_run", "validate_config", "data_dir_of",
-           "resolve_data_dir", "unified_data_dirs", "PRECISIONS", "OPTIM_TYPES"]
+__all__ = ["ConfigSummary", "check_config", "check_run", "validate_config", "resolve_data_dir",
+           "unified_data_dirs", "PRECISIONS", "OPTIM_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +110,6 @@ def unified_data_dirs(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     for name in (base, base + SUPERPIX_SUFFIX):
         paths[name] = {**paths.get(name, {}), "data_dir": str(folder)}
     return paths
-
-
-def data_dir_of(cfg: Mapping[str, Any], key: str) -> Path:
-    """``path.<key>.data_dir`` of the config.
-
-    Raises:
-        UserError: the key is missing (names the config entry to set).
-    """
-    value = _dir_entry(cfg, key)
-    if value is None:
-        raise UserError(f"path.{key}.data_dir is not set: pass 'path.{key}.data_dir=DIR' "
-                        f"(the prepared {base_name(key)} folder)")
-    return Path(value)
 
 
 def _fail(msg: str) -> UserError:
