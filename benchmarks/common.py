@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import statistics
 import time
 from typing import Any, Callable
 
 __all__ = ["Timings", "alternate", "row", "skipped_row", "load_note", "print_row", "exit_code",
-           "REAL_DATA_ABSENT", "real_chaos_dir", "real_data_reason"]
+           "REAL_DATA_ABSENT", "real_chaos_dir", "real_data_reason", "free_port", "sync"]
 
 REAL_DATA_ABSENT = "real CHAOS scans absent"   # the only reason a row may be skipped
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the rendezvous of spawned DDP ranks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sync(device: Any) -> None:
+    """Wait for the queued GPU work of a ``torch.device`` (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 @dataclasses.dataclass

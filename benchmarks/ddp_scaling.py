@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import sys
 import time
@@ -32,16 +31,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import bench_main, row
+from benchmarks.common import bench_main, free_port, row, sync
 
 TARGET = 1.5
 CPU_MODEL, GPU_MODEL = "dlfcn_res18", "dlfcn_res101"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _episode(hw: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -92,14 +85,12 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
 
         for _ in range(warmup):
             step()
-        if info.device.type == "cuda":
-            torch.cuda.synchronize(info.device)
+        sync(info.device)
         barrier()
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        if info.device.type == "cuda":
-            torch.cuda.synchronize(info.device)
+        sync(info.device)
         barrier()
         elapsed = time.perf_counter() - start
         if rank == 0:
@@ -139,7 +130,7 @@ def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, 
     cores = os.cpu_count() or 1
     if threads is None:
         threads = max(1, cores // world) if device_kind == "cpu" else max(1, min(4, cores // world))
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, device_kind, threads, modelname, hw,
                                                warmup, steps, results)) for r in range(world)]
     for p in procs:

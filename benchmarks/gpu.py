@@ -28,7 +28,6 @@ import io
 import multiprocessing as mp
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.common import free_port, sync
 
 __all__ = ["Sizes", "FULL", "DRY", "TRAIN_CASES", "synthetic_batch", "measure_training", "run", "table",
            "main"]
@@ -95,11 +96,6 @@ def _train_cfg(sizes: Sizes) -> dict[str, Any]:
             "lr_milestones": [10 ** 6], "lr_step_gamma": 0.95}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_training(info: Any, sizes: Sizes, precision: str, batch: int,
                      snapshot: Path | None = None) -> dict[str, float]:
     """Steps/s of ``sizes.steps`` training steps after ``sizes.warmup``, on ``info``'s device and
@@ -138,12 +134,12 @@ def measure_training(info: Any, sizes: Sizes, precision: str, batch: int,
 
         for _ in range(sizes.warmup):
             step()
-        _sync(device)
+        sync(device)
         barrier()
         start = time.perf_counter()
         for _ in range(sizes.steps):
             step()
-        _sync(device)
+        sync(device)
         barrier()
         elapsed = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
@@ -175,12 +171,6 @@ def measure_validation(cfg: dict[str, Any]) -> dict[str, float]:
     return {"dice": float(result[-1]["meanDice"]), "seconds": time.perf_counter() - start}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_worker(rank: int, world: int, port: int, sizes: Sizes, val_cfg: dict[str, Any],
                  results: Any) -> None:
     """One rank of "all GPUs": DDP training steps, then validation with all ranks."""
@@ -206,7 +196,7 @@ def _all_ranks(world: int, sizes: Sizes, val_cfg: dict[str, Any]) -> list[dict]:
     """Spawn ``world`` ranks of :func:`_rank_worker`; each rank's results, in rank order."""
     ctx = mp.get_context("spawn")          # CUDA-safe; no OpenMP state inherited
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank_worker, args=(r, world, port, sizes, val_cfg, results))
              for r in range(world)]
     for p in procs:

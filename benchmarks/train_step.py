@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.common import exit_code, print_row, row
+from benchmarks.common import exit_code, print_row, row, sync
 
 from util.trainer import build_criterion, build_optimizer, build_scheduler, train_step
 
@@ -60,33 +60,28 @@ def _model(name: str, device: torch.device) -> torch.nn.Module:
     return model.to(device).train()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _errors() -> tuple[type[BaseException], ...]:
     from util.trainer import episode_errors
     return episode_errors()
 
 
 def _step_time(model, episode, opt, sch, crit, device, precision) -> tuple[float, bool]:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     res = train_step(model, episode, opt, sch, criterion=crit, device=device, precision=precision,
                      skip_errors=_errors())
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - start
     _last_losses[:] = [res["loss"], res["align_loss"]]
     return elapsed, bool(res["skipped"])
 
 
 def _backbone_time(model, imgs: torch.Tensor, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     model.zero_grad(set_to_none=True)
     model.encoder(imgs.to(device)).float().mean().backward()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
