@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.alpmodule import ALPScores, EmptyPrototypeError, MultiProtoAsConv
+from models.alpmodule import EmptyPrototypeError, MultiProtoAsConv
 from models.backbone import build_encoder, resolve_init
 from util.checkpoint import load_alpnet_weights
 
@@ -240,12 +240,6 @@ class FewShotSeg(nn.Module):
         big = pooled.reshape(masks.shape[0], -1).amax(dim=1) >= FG_THRESH
         return [FG_PROT_MODE if b else "mask" for b in big.tolist()]
 
-    def _classify(self, qry: torch.Tensor, sup_x: torch.Tensor, sup_y: torch.Tensor, mode: str,
-                  thresh: float, isval: bool, val_wsize: int | None, vis: bool) -> ALPScores:
-        """The prototype head (full float32 whatever the autocast: ``MultiProtoAsConv.forward``)."""
-        return self.cls_unit(qry, sup_x, sup_y, mode=mode, thresh=thresh, isval=isval,
-                             val_wsize=val_wsize, vis_sim=vis)
-
     def _two_scores(self, qry: torch.Tensor, sup_x: torch.Tensor, bg_y: torch.Tensor,
                     fg_y: torch.Tensor, isval: bool, val_wsize: int | None, vis: bool,
                     stage: str) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -256,7 +250,7 @@ class FewShotSeg(nn.Module):
         [bg_sims, fg_sims] lists of E tensors, or [None, None]).
         """
         try:
-            bg = self._classify(qry, sup_x, bg_y, BG_PROT_MODE, BG_THRESH, isval, val_wsize, vis)
+            bg = self.cls_unit(qry, sup_x, bg_y, BG_PROT_MODE, BG_THRESH, isval, val_wsize, vis)
         except EmptyPrototypeError as err:
             log.debug("empty background prototypes: %s", err)
             raise EmptyPrototypeError(f"{err} (background of {stage}, episode(s) {err.episodes} of "
@@ -267,12 +261,12 @@ class FewShotSeg(nn.Module):
         for mode in sorted(set(modes)):
             idx = [e for e, m in enumerate(modes) if m == mode]
             if len(idx) == len(modes):
-                fg = self._classify(qry, sup_x, fg_y, mode, FG_THRESH, isval, val_wsize, vis)
+                fg = self.cls_unit(qry, sup_x, fg_y, mode, FG_THRESH, isval, val_wsize, vis)
                 fg_score = fg.score
             else:  # episodes of each mode scored together, put back in batch order
                 sel = torch.tensor(idx, device=qry.device)
-                fg = self._classify(qry[sel], sup_x[sel], fg_y[sel], mode, FG_THRESH, isval,
-                                    val_wsize, vis)
+                fg = self.cls_unit(qry[sel], sup_x[sel], fg_y[sel], mode, FG_THRESH, isval,
+                                   val_wsize, vis)
                 if fg_score is None:
                     fg_score = fg.score.new_zeros((len(modes), *fg.score.shape[1:]))
                 fg_score = fg_score.index_copy(0, sel, fg.score)
