@@ -19,6 +19,7 @@ from sacred.observers import FileStorageObserver  # noqa: E402
 from data.cards import SUPERPIX_SUFFIX, known_cards, load_card  # noqa: E402
 from util.config_check import unified_data_dirs  # noqa: E402
 from util.distributed import launch_rank  # noqa: E402
+from util.entry import RESOLVE_COMMAND  # noqa: E402  (the pre-flight's command, no run directory)
 from util.run_record import record_run_sources  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "sys"          # the console goes into cout.txt (the original's stayed empty)
@@ -124,9 +125,6 @@ def cfg():
     exp_str = "_".join([exp_prefix, dataset, f"sets_{label_sets}_{task['n_shots']}shot"])
 
     path = default_paths()
-
-
-RESOLVE_COMMAND = "resolve_config"     # the entry points' pre-flight (no run directory)
 
 
 @ex.config_hook

@@ -31,12 +31,12 @@ from util.log import plain_console
 from util.signals import TrainingInterrupted
 from util.user_errors import UserError, did_you_mean, flat_keys, report
 
-__all__ = ["run_command_line", "preflight", "EXIT_OK"]
+__all__ = ["run_command_line", "preflight", "EXIT_OK", "RESOLVE_COMMAND"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-RESOLVE_COMMAND = "resolve_config"          # registered in config_ssl_upload.py
+RESOLVE_COMMAND = "resolve_config"          # the command resolve_config of config_ssl_upload.py
 CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".pickle")   # Sacred's config-file updates
 
 
