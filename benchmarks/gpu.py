@@ -117,7 +117,7 @@ def measure_training(info: Any, sizes: Sizes, precision: str, batch: int,
         torch.manual_seed(0)
         model = build_model(cfg).to(device)
         model.train()
-        opt, sched = build_optimizer(model, cfg), None
+        opt = build_optimizer(model, cfg)
         sched = build_scheduler(opt, cfg)
         net = wrap_ddp(model, info)
         crit = build_criterion(use_wce=True, ignore_label=255, device=device)
