@@ -187,3 +187,19 @@ alpnet_stage_env() {  # $1 nodes: STAGE_ENV=1 puts $ALPNET_ENV on node-local NVM
 alpnet_setup() {  # everything a job needs before its srun
     alpnet_load_modules && alpnet_activate && alpnet_gpu_env
 }
+
+alpnet_job_nodes() {  # after alpnet_setup: NNODES, NTASKS, MASTER_ADDR/PORT, env staging, MIOpen caches
+    NNODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
+    NTASKS=$((NNODES * GPUS_PER_NODE))
+    local node_names
+    node_names="$(scontrol show hostnames "$SLURM_JOB_NODELIST")"   # no pipe: `| head` breaks pipefail
+    export MASTER_ADDR="${node_names%%$'\n'*}"                        # the first node hosts rank 0
+    export MASTER_PORT="$(alpnet_master_port)"
+    alpnet_stage_env "$NNODES"
+    alpnet_rccl_plugin_check "$NNODES"
+    alpnet_node_caches "$NNODES"
+}
+
+alpnet_ddp_python() {  # the PYTHON of a run on every GPU of the job; one rank dying ends the step
+    printf '%s' "srun -N $NNODES -n $NTASKS --ntasks-per-node=$GPUS_PER_NODE --kill-on-bad-exit=1 $SRUN_GPU_OPTS python3 -u"
+}
