@@ -119,9 +119,10 @@ def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: Mar
 
     card = load_card(CARD)
     scans = (plan.support,) + plan.queries
-    labels, images = {}, {}
+    labels, images, label_images = {}, {}, {}
     for sid in scans:
-        lab = sitk.GetArrayFromImage(read_image(data_dir / card.file("label", id=sid)))
+        label_images[sid] = read_image(data_dir / card.file("label", id=sid))
+        lab = sitk.GetArrayFromImage(label_images[sid])
         labels[sid] = lab[:, : CUT_HW[0], : CUT_HW[1]]                      # Z x H x W
         images[sid] = read_image(data_dir / card.file("image", id=sid))
     out: dict = {}
@@ -135,8 +136,8 @@ def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: Mar
     model = build_segmenter(info, device)
     supports = []
     for organ in plan.organs:
-        sup = prepare_support(images[plan.support], read_image(data_dir / card.file("label", id=plan.support)),
-                              organ, card, preprocessed=True, name=f"scan{plan.support}")
+        sup = prepare_support(images[plan.support], label_images[plan.support], organ, card,
+                              preprocessed=True, name=f"scan{plan.support}")
         normalise_prepared(sup, card, None)
         supports.append(build_support(model, [SupportScan(sup.name, sup.image, sup.label)], 1,
                                       info.npart, device=device))
