@@ -33,6 +33,11 @@ from util.trainer import train  # noqa: E402
 log = logging.getLogger("main")
 
 
+def experiment_dir(config) -> Path:
+    """``<path.log_dir>/mySSL_<exp_str>``: the runs of this experiment (``resume=True`` searches it)."""
+    return Path(config["path"]["log_dir"]) / f"{ex.path}_{config['exp_str']}"
+
+
 @ex.main
 def main(_run, _config):
     setup_logging(launch_rank())
@@ -46,7 +51,7 @@ def main(_run, _config):
                  _config["eval_fold"], summary.val_ids)
         result = train(_config, card=summary.card, data_dir=summary.data_dir, train_ids=summary.train_ids,
                        info=info, run=_run if info.is_main else None, run_dir=run_dir,
-                       experiment_dir=Path(_config["path"]["log_dir"]) / f"{ex.path}_{_config['exp_str']}")
+                       experiment_dir=experiment_dir(_config))
         raise_if_stopped(result, argv=sys.orig_argv, is_main=info.is_main)   # INTERRUPTED, exit 3
         return result
     finally:
@@ -57,7 +62,7 @@ def check_training(config) -> None:
     """The pre-flight of a training run (``util.config_check.check_run``, mode 'train'), and of
     what a resumption may change (``util.resume.preflight_resume``)."""
     check_run(config, "train")
-    preflight_resume(config, Path(config["path"]["log_dir"]) / f"{ex.path}_{config['exp_str']}")
+    preflight_resume(config, experiment_dir(config))
 
 
 if __name__ == "__main__":
