@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import load_note
+from benchmarks.common import AGREEMENT, load_note
 
 BENCHMARKS = ("pseudolabels", "metric", "validation", "train_step", "segment", "ddp_scaling")
 REAL_DATA_BENCHMARKS = ("validation",)      # rows skipped (with the reason) without the real scans
-AGREEMENT = {True: "ok", False: "FAILED", None: "not run"}
 
 
 def machine() -> str:

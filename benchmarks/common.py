@@ -16,9 +16,10 @@ import time
 from typing import Any, Callable
 
 __all__ = ["Timings", "alternate", "row", "skipped_row", "load_note", "print_row", "exit_code",
-           "REAL_DATA_ABSENT", "real_chaos_dir", "real_data_reason", "free_port", "sync"]
+           "REAL_DATA_ABSENT", "AGREEMENT", "real_chaos_dir", "real_data_reason", "free_port", "sync"]
 
 REAL_DATA_ABSENT = "real CHAOS scans absent"   # the only reason a row may be skipped
+AGREEMENT = {True: "ok", False: "FAILED", None: "not run"}   # a row's ``agree``, as printed
 
 
 def free_port() -> int:
@@ -87,8 +88,6 @@ def row(name: str, what: str, ratio: float, target: str, agree: bool, check: str
 
 def skipped_row(name: str, what: str, target: str) -> dict:
     """The row of a real-data benchmark when the real scans are absent (the reason says why)."""
-    from benchmarks.common import real_data_reason
-
     return {"name": name, "what": what, "ratio": "skipped", "target": target, "agree": None,
             "check": "not run", "details": f"{REAL_DATA_ABSENT}: {real_data_reason()}"}
 
@@ -96,7 +95,7 @@ def skipped_row(name: str, what: str, target: str) -> dict:
 def print_row(res: dict) -> None:
     """One line for ``python -m benchmarks.<name>``."""
     ratio = res["ratio"]
-    agree = {True: "ok", False: "FAILED", None: "not run"}[res.get("agree")]
+    agree = AGREEMENT[res.get("agree")]
     print(f"{res['name']}: {ratio if isinstance(ratio, str) else f'{ratio:.2f}x'} "
           f"(target {res['target']}); agreement {agree} ({res.get('check', '')}); {res['details']}")
 
