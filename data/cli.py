@@ -32,12 +32,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class _CardsParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose epilog, the card list, is built only when the help is shown:
+    listing the cards loads and validates every one, which a normal run does not need."""
+
+    def format_help(self) -> str:
+        if self.epilog is None:
+            self.epilog = describe_cards()
+        return super().format_help()
+
+
 def new_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with ``HelpFormatter`` and the card list (``data.cards.describe_cards``) as epilog.
+    """An ``ArgumentParser`` with ``HelpFormatter`` and the card list (``data.cards.describe_cards``)
+    as epilog.
 
     Args:
         prog: the command as a user types it, e.g. ``python -m data.prepare``.
         description: shown as written (usually the module docstring).
     """
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=describe_cards(),
-                                   formatter_class=HelpFormatter)
+    return _CardsParser(prog=prog, description=description, formatter_class=HelpFormatter)
