@@ -138,9 +138,9 @@ def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main:
         message = (f"{head}; no snapshot was written (no run directory), so it cannot be resumed: "
                    "run with a file observer (training.py adds one under path.log_dir)")
     else:
-        command = resume_command(argv, snapshot)
+        args = _resume_args(argv, snapshot)
+        command = shlex.join(args)                      # resume_command(argv, snapshot)
         if TORCHRUN_ENV in env:
-            args = _resume_args(argv, snapshot)
             script = next((i for i, a in enumerate(args) if a.endswith(".py")), 0)
             script_args = shlex.join(args[script:])
             message = (f"{head}; snapshot {snapshot}. Resume with your torchrun command and these "
