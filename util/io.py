@@ -161,15 +161,14 @@ def _decompressed_size_and_header(path: Path, header_bytes: int) -> tuple[int, b
 
 def _verify(path: Path) -> None:
     with open(path, "rb") as fh:
-        is_gzip = fh.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        header = fh.read(NIFTI2_SIZEOF_HDR)     # the header itself when the file is uncompressed
+    is_gzip = header.startswith(GZIP_MAGIC)
     try:
         if is_gzip:
             size, header = _decompressed_size_and_header(path, NIFTI2_SIZEOF_HDR)
         else:       # uncompressed (or not an image at all: the reader says so)
             size = path.stat().st_size
-            with open(path, "rb") as fh:
-                header = fh.read(NIFTI2_SIZEOF_HDR)
-        needed = _nifti_data_end(header) if (path.name.endswith((".nii", ".nii.gz"))) else None
+        needed = _nifti_data_end(header) if path.name.endswith((".nii", ".nii.gz")) else None
     except ValueError as err:
         raise _corrupt(path, str(err)) from err
     if needed is not None and size < needed:
