@@ -205,9 +205,9 @@ def restore_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     if peek is not None and isinstance(peek.get("step"), int):
         check_resume_config(peek.get("config") or {}, cfg, path, int(peek["step"]))
     obj = load_alpnet_weights(model, path)   # strict; names missing/unexpected keys
-    if not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
-        raise ValueError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
-                         "state): start from them with reload_model_path instead of resuming")
+    problem = _bare_weights(path, obj)
+    if problem:
+        raise ValueError(problem)
     step = int(obj["step"])
     optimizer.load_state_dict(obj["optimizer"])
     restore_schedule(scheduler, optimizer, obj.get("lr_scheduler"), step)
@@ -218,6 +218,15 @@ def restore_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return TrainState(step=step, skipped=int(stream.get("skipped", 0)), empty=int(stream.get("empty", 0)),
                       next_episode=int(stream.get("next_episode", step * int(cfg["batch_size"]))),
                       last_snapshot=path)
+
+
+def _bare_weights(path: str | Path, obj: Mapping[str, Any] | None) -> str | None:
+    """Why ``obj`` (the loaded file) cannot be resumed from: no training state (step and
+    optimizer); None for a training snapshot."""
+    if obj is not None and isinstance(obj.get("step"), int) and obj.get("optimizer") is not None:
+        return None
+    return (f"{path}: bare model weights, not a training snapshot (no step/optimizer state): "
+            "start from them with reload_model_path instead of resuming")
 
 
 def _peek(path: str | Path) -> Mapping[str, Any] | None:
@@ -253,9 +262,9 @@ def preflight_resume(cfg: Mapping[str, Any], experiment_dir: str | Path) -> Path
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
         raise UserError(f"{path}: not a readable training snapshot ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
-    if obj is None or not isinstance(obj.get("step"), int) or obj.get("optimizer") is None:
-        raise UserError(f"{path}: bare model weights, not a training snapshot (no step/optimizer "
-                        "state): start from them with reload_model_path instead of resuming")
+    problem = _bare_weights(path, obj)
+    if problem:
+        raise UserError(problem)
     try:
         check_resume_config(obj.get("config") or {}, cfg, path, int(obj["step"]))
     except ValueError as err:
