@@ -22,7 +22,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 __all__ = ["training_view", "newest_run", "init_snapshot", "dice_by_step", "before_after_figures",
            "report", "main", "TRAINING_FILE_KINDS", "DICE_METRIC", "BEFORE_AFTER_DIR"]
