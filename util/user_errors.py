@@ -28,6 +28,8 @@ TRACEBACK_ENV = "ALPNET_TRACEBACK"      # =1: print the traceback of a user erro
 SUGGESTION_CUTOFF = 0.6                 # difflib similarity below which no key is suggested
 # torch.save's legacy (pre-1.6, non-zip) format starts with this pickled magic number
 _TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+NO_SUCH_FILE = "no such file"           # checkpoint_problem's answer for a missing path
+_SNAPSHOT_HINT = "give a snapshot written by training.py (<run>/snapshots/<step>.pth)"
 
 
 class UserError(ValueError):
@@ -90,7 +92,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """
     path = Path(path)
     if not path.exists():
-        return "no such file"
+        return NO_SUCH_FILE
     if path.is_dir():
         return "a folder, not a checkpoint file"
     size = path.stat().st_size
@@ -119,10 +121,8 @@ def require_checkpoint(path: str | os.PathLike, key: str) -> Path:
         UserError: it exists but is not a checkpoint (says so, with its size).
     """
     problem = checkpoint_problem(path)
-    if problem == "no such file":
-        raise MissingInputError(f"{key}={path}: no such file; give a snapshot written by "
-                                f"training.py (<run>/snapshots/<step>.pth)")
+    if problem == NO_SUCH_FILE:
+        raise MissingInputError(f"{key}={path}: {NO_SUCH_FILE}; {_SNAPSHOT_HINT}")
     if problem is not None:
-        raise UserError(f"{key}={path} is {problem}; give a snapshot written by training.py "
-                        f"(<run>/snapshots/<step>.pth)")
+        raise UserError(f"{key}={path} is {problem}; {_SNAPSHOT_HINT}")
     return Path(path)
