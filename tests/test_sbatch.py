@@ -259,19 +259,25 @@ def test_farm_memory_from_the_job_memory(tmp_path):
     assert step[:6] == ["-N", "1", "-n", "1", "--exact", "--mem=64000M"]      # 256000 MB / 4 GPUs
 
 
-def test_miopen_database_kept_across_requeues(tmp_path):
+@pytest.mark.parametrize("nodes", [2, 8])
+def test_miopen_database_kept_across_requeues(tmp_path, nodes):
     """Job start seeds each node's database from the store on Lustre (LOGDIR/miopen-db); job end
-    copies the node's database back: a requeued job starts with the tuned kernels."""
+    copies the node's database back: a requeued job starts with the tuned kernels. The stand-in's
+    "nodes" share one /tmp, so their seeding copies run into one folder at once and must not race."""
     store = tmp_path / "runs" / "miopen-db"
     store.mkdir(parents=True)
     (store / "gfx90a68.ukdb").write_text("kernels of an earlier job", encoding="utf-8")
+    for i in range(40):                                  # more files: a wider window for a race
+        (store / f"kernel{i}.kdb").write_bytes(bytes(4096))
     node_db = tmp_path / "nodetmp" / f"miopen-tester-{JOB_ID}"
     node_db.mkdir(parents=True)
     (node_db / "gfx90a68.udb").write_text("tuned during this job", encoding="utf-8")   # as MIOpen writes
-    env = job_env(tmp_path, nodes=2, GPUS_PER_NODE="1", FOLDS="0", LABEL_GROUPS="0", STANDIN_RECORD="python3")
+    env = job_env(tmp_path, nodes=nodes, GPUS_PER_NODE="1", FOLDS="0", LABEL_GROUPS="0", STANDIN_RECORD="python3")
     res = run_sbatch("train.sbatch", env)
     assert res.returncode == 0, res.stderr
     assert (node_db / "gfx90a68.ukdb").read_text(encoding="utf-8") == "kernels of an earlier job"  # seeded
+    assert all((node_db / f"kernel{i}.kdb").stat().st_size == 4096 for i in range(40))
+    assert sorted(p.name for p in node_db.parent.iterdir()) == [node_db.name]   # no seeding folder left
     assert (store / "gfx90a68.udb").read_text(encoding="utf-8") == "tuned during this job"         # saved
     assert sorted(p.name for p in store.parent.iterdir()) == ["miopen-db"]   # no temporary folder left
 

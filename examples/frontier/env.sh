@@ -154,9 +154,10 @@ alpnet_node_caches() {  # $1 nodes: MIOpen's database on each node, seeded from 
     local logdir="${LOGDIR:-runs}"
     [[ "$logdir" == /* ]] || logdir="$PWD/$logdir"
     export MIOPEN_DB_STORE="${MIOPEN_DB_STORE:-$logdir/miopen-db}"
-    # (mkdir -p: "nodes" may share one /tmp, as in the local stand-in test)
+    # Each task copies into its own temporary folder, then renames file by file: "nodes" that share
+    # one /tmp (NODE_LOCAL_TMP on a shared file system, or the local stand-in test) never race.
     alpnet_step srun -N "$1" --ntasks-per-node=1 -n "$1" bash -c \
-        'mkdir -p "$MIOPEN_USER_DB_PATH" && if [[ -d "$MIOPEN_DB_STORE" ]]; then cp -a "$MIOPEN_DB_STORE/." "$MIOPEN_USER_DB_PATH/"; fi'
+        'mkdir -p "$MIOPEN_USER_DB_PATH" && if [[ -d "$MIOPEN_DB_STORE" ]]; then tmp="$MIOPEN_USER_DB_PATH.seed-${SLURM_PROCID:-0}-$$" && mkdir -p "$tmp" && cp -a "$MIOPEN_DB_STORE/." "$tmp/" && for f in "$tmp"/* "$tmp"/.[!.]*; do [[ -e "$f" ]] && mv -f "$f" "$MIOPEN_USER_DB_PATH/"; done; rm -rf "$tmp"; fi'
 }
 
 alpnet_save_node_caches() {  # copy the first node's MIOpen database back to MIOPEN_DB_STORE
