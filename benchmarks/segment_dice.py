@@ -100,12 +100,13 @@ class MarginCache:
 
 
 def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: MarginCache, *,
-                    batch_size: int = 8, device: str = "cpu") -> tuple[dict, dict]:
+                    batch_size: int = 8, device: str = "cpu") -> tuple[dict, dict, dict]:
     """Margins (npart x Z x H x W) of every scan of ``plan`` (support included) for every organ,
-    and the scans' labels (Z x H x W int16), read as ``segment.py --preprocessed`` reads them.
+    the scans' labels (Z x H x W int16) and normalised images (Z x H x W, the network's input),
+    read as ``segment.py --preprocessed`` reads them.
 
     Returns:
-        ``({(organ, scan): margins}, {scan: label_zhw})``.
+        ``({(organ, scan): margins}, {scan: label_zhw}, {scan: image_zhw})``.
     """
     import SimpleITK as sitk
 
@@ -126,12 +127,17 @@ def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: Mar
         labels[sid] = lab[:, : CUT_HW[0], : CUT_HW[1]]                      # Z x H x W
         images[sid] = read_image(data_dir / card.file("image", id=sid))
     out: dict = {}
+    prepared = {}
+    for sid in scans:
+        prepared[sid] = prepare_query(images[sid], card, preprocessed=True, name=f"scan{sid}")
+        normalise_prepared(prepared[sid], card, None)
+    normalised = {sid: np.moveaxis(scan.image, -1, 0) for sid, scan in prepared.items()}
     missing = [sid for sid in scans if any(cache.get(o, sid) is None for o in plan.organs)]
     for sid in scans:
         if sid not in missing:
             out.update({(o, sid): cache.get(o, sid) for o in plan.organs})
     if not missing:
-        return out, labels
+        return out, labels, normalised
     info = inspect_checkpoint(checkpoint)
     model = build_segmenter(info, device)
     supports = []
@@ -143,15 +149,14 @@ def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: Mar
                                       info.npart, device=device))
     for sid in missing:
         start = time.perf_counter()
-        scan = prepare_query(images[sid], card, preprocessed=True, name=f"scan{sid}")
-        normalise_prepared(scan, card, None)
+        scan = prepared[sid]
         margins = margins_every_part(model, supports, scan.image, batch_size=batch_size,
                                      device=device, val_wsize=info.val_wsize)
         for organ, m in zip(plan.organs, margins):
             cache.put(organ, sid, m)
             out[(organ, sid)] = m
         log.info("scan %d: %d slices in %.1f s", sid, scan.n_slices, time.perf_counter() - start)
-    return out, labels
+    return out, labels, normalised
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -160,14 +165,16 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.count_nonzero(pred & truth) / total)
 
 
-def measure(margins: dict, labels: dict, plan: FoldPlan, rules: Sequence[str]) -> list[dict]:
+def measure(margins: dict, labels: dict, images: dict, plan: FoldPlan, rules: Sequence[str]) -> list[dict]:
     """Per query and organ: the protocol's Dice and each rule's whole-volume and true-slice Dice."""
-    from util.segment.rule import label_free_mask, masks_by_part, support_evidence
+    from util.segment.rule import align_evidence, label_free_mask, masks_by_part, support_evidence
 
     rows = []
     for organ in plan.organs:
         sup_truth = labels[plan.support] == organ                              # Z x H x W
-        evidence = support_evidence(margins[(organ, plan.support)], sup_truth)
+        sup_margins = margins[(organ, plan.support)]
+        evidence = {"support": support_evidence(sup_margins, sup_truth),
+                    "align": align_evidence(sup_margins, sup_truth, images[plan.support])}
         for sid in plan.queries:
             truth = labels[sid] == organ
             zs = np.flatnonzero(truth.any(axis=(1, 2)))
@@ -177,7 +184,7 @@ def measure(margins: dict, labels: dict, plan: FoldPlan, rules: Sequence[str]) -
             row = {"scan": sid, "organ": organ, "truth": [z0, z1],
                    "protocol": dice(masks_by_part(m, z0, z1) > 0, truth)}
             for rule in rules:
-                res = label_free_mask(m, rule, evidence)
+                res = label_free_mask(m, rule, evidence.get(rule), images[sid])
                 row[rule] = {"whole": dice(res.mask > 0, truth),
                              "true_slices": dice(res.mask[counted] > 0, truth[counted]),
                              "extent": None if res.extent is None else list(res.extent),
@@ -248,10 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = fold_plan(config, card, Path(data_dir), args.organs)
     log.info("fold %d, label set %d: queries %s, support %d, organs %s", plan.fold, plan.label_sets,
              plan.queries, plan.support, plan.organs)
-    margins, labels = network_margins(args.checkpoint, Path(data_dir), plan,
+    margins, labels, images = network_margins(args.checkpoint, Path(data_dir), plan,
                                       MarginCache(args.cache, args.checkpoint),
                                       batch_size=args.batch_size)
-    rows = measure(margins, labels, plan, RULES)
+    rows = measure(margins, labels, images, plan, RULES)
     if args.json is not None:
         from util.io import atomic_write_json
 

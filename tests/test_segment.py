@@ -166,8 +166,8 @@ def test_round_trip_other_orientation(phantom, fixture_ckpt, fixture_model, tmp_
                        [True, False, False])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(q_written), sitk.GetArrayFromImage(expect))
     assert turned.results[0].volume_ml == pytest.approx(free.results[0].volume_ml)
-    assert turned.results[0].how.startswith("label-free support: ")
-    # the support rule scores the support's own slices once more (its calibration)
+    assert turned.results[0].how.startswith("label-free align: ")
+    # the default rule scores the support's own slices once more (its calibration)
     n_sup = free.results[0].training_slices               # support and query: the same scan
     assert (turned.support_encoded, turned.query_encoded) == (3 + n_sup, turned.results[0].training_slices)
 
@@ -229,7 +229,7 @@ def test_every_problem_reported_at_once(tmp_path, phantom, fixture_ckpt, broken)
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------ the default (support) rule
+# ------------------------------------------------------------------ the label-free rules
 
 RULE_GRID = dict(size=(60, 60, 24), spacing=(2.5, 2.5, 6.0))   # 24 slices of 6 mm: the card's z
 
@@ -237,16 +237,18 @@ RULE_GRID = dict(size=(60, 60, 24), spacing=(2.5, 2.5, 6.0))   # 24 slices of 6 
 @pytest.fixture(scope="module")
 def rule_scans(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """Axial phantoms on the card's 6 mm slices (no tilt): a support with the organ low in the
-    scan, a query with it high, and a query without it; (image, label) files each."""
+    scan; a query whose whole anatomy lies 45 mm higher in the scan (a scan started lower on the
+    patient), its organ high; a query without the organ; (image, label) files each."""
     folder = tmp_path_factory.mktemp("rule")
     size, spacing = RULE_GRID["size"], RULE_GRID["spacing"]
     origin = -np.array(size) * np.array(spacing) / 2
     grid = Grid(size, spacing, tuple(origin), np.eye(3))
     out = {}
-    for name, seed, organ_z in (("support", 0, -25.0), ("query", 1, 20.0), ("absent", 2, None)):
-        blobs = [Blob((0, 0, 0), (70, 60, 60), 1)]
-        if organ_z is not None:
-            blobs.append(Blob((25, -15, organ_z), ORGAN_SEMI_MM, 2, 1))
+    for name, seed, shift, organ in (("support", 0, 0.0, True), ("query", 1, 45.0, True),
+                                     ("absent", 2, 0.0, False)):
+        blobs = [Blob((0, 0, shift), (70, 60, 60), 1)]
+        if organ:
+            blobs.append(Blob((25, -15, shift - 25.0), ORGAN_SEMI_MM, 2, 1))
         image, label = render(grid, blobs, [Tissue(0, 0), Tissue(100, 5), Tissue(400, 5)],
                               np.random.default_rng(seed), noise_sd=5, rician=True)
         paths = (folder / f"{name}.nii.gz", folder / f"{name}_label.nii.gz")
@@ -272,15 +274,16 @@ def _slices_with(mask_zyx: np.ndarray) -> tuple[int, int]:
     return int(zs[0]), int(zs[-1])
 
 
-def test_support_rule_finds_the_organ_slices(rule_scans, r18_ckpt, tmp_path, caplog):
-    """Default rule, no ground truth: the query's predicted slices are the organ's true slices
-    (the phantom's own label, resampled to 6 mm = the same grid here) within one slice; the
-    query without the organ gets an empty mask, a warning and 'not found' in the CSV."""
+@pytest.mark.parametrize("rule", ["align", "support"])
+def test_label_free_rule_finds_the_organ_slices(rule_scans, r18_ckpt, tmp_path, caplog, rule):
+    """No ground truth (``align`` is the default): the query's predicted slices are the organ's
+    true slices (the phantom's own label, resampled to 6 mm = the same grid here) within one
+    slice; the query without the organ gets an empty mask, a warning and 'not found' in the CSV."""
     import logging
 
     sup_img, sup_lab = rule_scans["support"]
     req = dict(checkpoint=r18_ckpt, support_image=sup_img, support_label=sup_lab, label=1,
-               dataset="SEGTEST", overlay_slices=0)
+               dataset="SEGTEST", overlay_slices=0, rule=rule)
     with caplog.at_level(logging.WARNING, logger="util.segment.run"):
         rep = segment(SegmentRequest(**req, queries=(rule_scans["query"][0], rule_scans["absent"][0]),
                                      out=tmp_path / "out"), progress=False)
@@ -296,7 +299,7 @@ def test_support_rule_finds_the_organ_slices(rule_scans, r18_ckpt, tmp_path, cap
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(found.mask))) > 0
     first, last = _slices_with(mask)
     assert true_first - 1 <= first and last <= true_last + 1     # nothing painted elsewhere
-    assert found.how.startswith("label-free support: slices")
+    assert found.how.startswith(f"label-free {rule}: slices")
     assert absent.voxels == 0 and absent.predicted_range is None
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(absent.mask))).any()
     assert "not found" in absent.how

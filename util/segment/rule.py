@@ -10,7 +10,13 @@ support slice of every part (the query is encoded once; only the prototype head 
 times): :func:`predict_every_part` gives npart x Z x H x W margins (organ minus background
 logit). The rules (``RULES``):
 
-- ``support`` (the default): the organ's slices are the maximum-sum run of the slice score over a
+- ``align`` (the default): the query's slices are paired in order with the support's by how their
+  images look (dynamic time warping, :mod:`util.segment.align`); the slices paired with the
+  support's organ slices are the organ's, predicted part by part as the protocol assigns them,
+  with a pixel threshold calibrated on the support and the largest 3-D component kept; a query
+  whose slices never match the organ's prototype as well as the support calibration requires
+  gets an empty mask.
+- ``support``: the organ's slices are the maximum-sum run of the slice score over a
   threshold calibrated on the support scan's own slices (:mod:`util.segment.calibrate`); a query
   with no slice above it gets an empty mask. Inside the run a pixel is organ where any part's
   margin exceeds a pixel threshold calibrated on the support too, and of those pixels only the
@@ -31,18 +37,21 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from util.protocol import Support, assign_parts, encode_slices, predict_from_support
+from util.protocol import Support, encode_slices, predict_from_support
+from util.segment.align import AlignEvidence, align_evidence, align_mask, assigned_mask
 from util.segment.calibrate import (SupportEvidence, largest_component, support_evidence,
                                     support_mask)
 
 __all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
            "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",
-           "RuleResult", "support_evidence", "SupportEvidence"]
+           "RuleResult", "support_evidence", "SupportEvidence", "align_evidence", "AlignEvidence",
+           "NEEDS_IMAGE"]
 
 log = logging.getLogger(__name__)
 
-RULES = ("support", "extent", "max")
-DEFAULT_RULE = "support"
+RULES = ("align", "support", "extent", "max")
+DEFAULT_RULE = "align"
+NEEDS_IMAGE = ("align",)   # rules that read the query's image (the others only its margins)
 
 
 def margins_every_part(model: torch.nn.Module, supports: Sequence[Support], image_hwz: np.ndarray,
@@ -109,13 +118,7 @@ def estimated_extent(per_part: np.ndarray) -> tuple[int, int] | None:
 def masks_by_part(per_part: np.ndarray, z_min: int, z_max: int) -> np.ndarray:
     """The protocol's mask for a known extent: slice ``z`` in ``[z_min, z_max]`` takes the
     prediction of its part (``assign_parts``), other slices are background (Z x H x W uint8)."""
-    npart, n_z = per_part.shape[:2]
-    zs = np.arange(max(z_min, 0), min(z_max, n_z - 1) + 1)
-    out = np.zeros(per_part.shape[1:], dtype=np.uint8)
-    if zs.size:
-        parts = assign_parts(zs, z_min, z_max, npart)
-        out[zs] = per_part[parts, zs] > 0
-    return out
+    return assigned_mask(per_part, z_min, z_max, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +136,18 @@ class RuleResult:
 
 
 def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE,
-                    evidence: SupportEvidence | None = None) -> RuleResult:
+                    evidence: SupportEvidence | AlignEvidence | None = None,
+                    image_zhw: np.ndarray | None = None) -> RuleResult:
     """The mask of a label-free rule (module docstring).
 
     Args:
         per_part: npart x Z x H x W margins of the query (:func:`predict_every_part`).
-        evidence: the support's calibration (:func:`support_evidence`); needed by ``support``.
+        evidence: the support's calibration: :func:`align_evidence` for ``align``,
+            :func:`support_evidence` for ``support``.
+        image_zhw: Z x H x W normalised query image (``align`` pairs its slices with the
+            support's).
     Raises:
-        ValueError: an unknown rule, or ``support`` without ``evidence``.
+        ValueError: an unknown rule, or a rule without the calibration or image it needs.
     """
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: choose one of {', '.join(RULES)}")
@@ -153,7 +160,16 @@ def label_free_mask(per_part: np.ndarray, rule: str = DEFAULT_RULE,
             return RuleResult(empty, None, "extent: no slice predicted")
         return RuleResult(masks_by_part(per_part, *extent), extent,
                           f"extent: largest 3-D component spans slices {extent[0]}-{extent[1]}")
-    if evidence is None:
+    if rule == "align":
+        if not isinstance(evidence, AlignEvidence) or image_zhw is None:
+            raise ValueError("rule 'align' needs the support's calibration (align_evidence) and "
+                             "the query's image")
+        mask, chosen = align_mask(per_part, image_zhw, evidence)
+        if chosen.extent is None:
+            return RuleResult(empty, None, f"align: organ not found, {chosen.detail}")
+        return RuleResult(mask, chosen.extent, f"align: slices {chosen.extent[0]}-{chosen.extent[1]}, "
+                                               f"{chosen.detail}")
+    if not isinstance(evidence, SupportEvidence):
         raise ValueError("rule 'support' needs the support's calibration (support_evidence)")
     mask, choice = support_mask(per_part, evidence)
     if choice.extent is None:

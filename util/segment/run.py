@@ -33,7 +33,7 @@ from util.protocol import (Support, SupportScan, assign_parts, build_support, fo
                            predict_one_at_a_time, predict_volume)
 from util.segment.checkpoint_info import build_segmenter
 from util.segment.inputs import Plan, SegmentRequest, mask_name, preflight, query_stem
-from util.segment.rule import label_free_mask, predict_every_part, support_evidence
+from util.segment.rule import align_evidence, label_free_mask, predict_every_part, support_evidence
 from util.segment.volumes import (Prepared, mask_volume_ml, normalise_prepared, prepare_query,
                                   prepare_support, range_to_training, support_stats, write_mask)
 
@@ -42,6 +42,7 @@ __all__ = ["QueryResult", "SegmentReport", "segment", "segment_planned", "csv_na
 log = logging.getLogger(__name__)
 
 SUPPORT_ORGAN = 1        # the support label is reduced to 0/1 before anything else
+CALIBRATED = ("align", "support")   # label-free rules calibrated on the support's own slices
 CSV_FIELDS = ("query", "mask", "label", "voxels", "volume_ml", "training_slices",
               "predicted_range", "how")
 
@@ -65,7 +66,7 @@ class QueryResult:
 @dataclasses.dataclass
 class SegmentReport:
     """What a call did: per-query results, the CSV, and how many slices went through the
-    encoder (the support's part slices once per call, and with the ``support`` rule each of its
+    encoder (the support's part slices once per call, and with the ``align`` and ``support`` rules each of its
     slices once more for the calibration; each query slice once)."""
     results: list[QueryResult]
     csv: Path
@@ -189,11 +190,16 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
                                   on_batch=on_batch)
 
     evidence, calibration_encoded = None, 0
-    if req.z_range is None and req.rule == "support":   # the support's own slices as queries
-        evidence = support_evidence(every_part(sup.image), np.moveaxis(sup.label, -1, 0) > 0)
+    if req.z_range is None and req.rule in CALIBRATED:   # the support's own slices as queries
+        margins, truth = every_part(sup.image), np.moveaxis(sup.label, -1, 0) > 0
+        if req.rule == "align":
+            evidence = align_evidence(margins, truth, np.moveaxis(sup.image, -1, 0))
+            scores = evidence.scores
+        else:
+            evidence = scores = support_evidence(margins, truth)
         calibration_encoded = sup.n_slices
         log.info("support %s calibrated: slice score threshold %.2f (balanced accuracy %.2f on "
-                 "its own %d slices)", sup.name, evidence.threshold, evidence.accuracy, sup.n_slices)
+                 "its own %d slices)", sup.name, scores.threshold, scores.accuracy, sup.n_slices)
     out = Path(req.out)
     results: list[QueryResult] = []
     encoded = 0
@@ -211,7 +217,8 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
             else:
                 bar.total += scan.n_slices
                 bar.refresh()
-                chosen = label_free_mask(every_part(scan.image, bar.update), req.rule, evidence)
+                chosen = label_free_mask(every_part(scan.image, bar.update), req.rule, evidence,
+                                         np.moveaxis(scan.image, -1, 0))
                 mask, used = chosen.mask, chosen.extent
                 how, n_enc = f"label-free {chosen.how}", scan.n_slices
                 if not chosen.found:
