@@ -4,7 +4,7 @@ orientation, PNG overlays and a CSV of organ volumes out.
 
     python3 segment.py --checkpoint CKPT --support-image S.nii.gz --support-label SL.nii.gz \\
         --label C --query Q.nii.gz [Q2.nii.gz ...] --out DIR [--dataset NAME | --modality MR|CT] \\
-        [--preprocessed] [--z-range ZMIN ZMAX | --rule support|extent|max] [--device cpu|cuda]
+        [--preprocessed] [--z-range ZMIN ZMAX | --rule align|support|extent|max] [--device cpu|cuda]
         [--batch-size 8]
 
 Wiring only: arguments -> ``util.segment.SegmentRequest`` -> ``util.segment.segment``.
@@ -47,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="query slices per batch")
     p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
                    help="without --z-range, how the organ's slices are found (default "
-                        f"{DEFAULT_RULE}: calibrated on the support scan's own slices; "
+                        f"{DEFAULT_RULE}: the query's slices paired with the support's by their "
+                        "images, thresholds calibrated on the support's own slices; "
                         "docs/segment.md, 'Label-free rule')")
     p.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
                    help="CT: the training fold's intensity mean and std (default: the checkpoint's, "
