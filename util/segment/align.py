@@ -25,9 +25,9 @@ import dataclasses
 
 import numpy as np
 
-from util.protocol import assign_parts, organ_slices, support_slice_indices
-from util.segment.calibrate import (PIXEL_STEP, SupportEvidence, largest_component, slice_scores,
-                                    support_evidence)
+from util.protocol import assign_parts
+from util.segment.calibrate import (SupportEvidence, best_threshold, largest_component,
+                                    part_slices_left_out, slice_scores, support_evidence)
 
 __all__ = ["GRID", "AlignEvidence", "slice_descriptors", "warp_path", "map_extent",
            "assigned_mask", "assigned_threshold", "align_evidence", "align_mask"]
@@ -114,20 +114,13 @@ def assigned_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[floa
         margins: npart x Z x H x W margins of the support's own slices.
         truth_zhw: Z x H x W boolean organ mask.
     """
-    zs = np.flatnonzero(truth_zhw.reshape(truth_zhw.shape[0], -1).any(axis=1))
-    keep = np.ones(truth_zhw.shape[0], bool)
-    keep[support_slice_indices(organ_slices(np.moveaxis(truth_zhw, 0, -1), True), margins.shape[0])] = False
-    truth = truth_zhw[keep]
-    n_truth = int(np.count_nonzero(truth))
-    top = float(margins.max()) if margins.size else 0.0
-    best_t, best_d = 0.0, -1.0
-    for t in np.arange(0.0, max(top, 0.0) + PIXEL_STEP, PIXEL_STEP):
-        pred = assigned_mask(margins, int(zs[0]), int(zs[-1]), float(t))[keep] > 0
-        total = int(np.count_nonzero(pred)) + n_truth
-        d = 2.0 * np.count_nonzero(pred & truth) / total if total else 1.0
-        if d > best_d + 1e-12:
-            best_t, best_d = float(t), float(d)
-    return best_t, best_d
+    npart, n_z = margins.shape[:2]
+    zs = np.flatnonzero(truth_zhw.reshape(n_z, -1).any(axis=1))
+    inside = np.arange(int(zs[0]), int(zs[-1]) + 1)
+    assigned = np.full(margins.shape[1:], -np.inf, dtype=np.float64)   # outside the range: never organ
+    assigned[inside] = margins[assign_parts(inside, int(zs[0]), int(zs[-1]), npart), inside]
+    keep = part_slices_left_out(truth_zhw, npart)
+    return best_threshold(assigned[keep], truth_zhw[keep])
 
 
 @dataclasses.dataclass(frozen=True)

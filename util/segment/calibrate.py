@@ -39,6 +39,7 @@ from scipy import ndimage
 from util.protocol import organ_slices, support_slice_indices
 
 __all__ = ["SupportEvidence", "Choice", "slice_scores", "support_evidence", "pixel_threshold",
+           "best_threshold", "part_slices_left_out",
            "best_run", "share_threshold", "choose_slices", "support_mask", "largest_component",
            "PIXEL_STEP", "CONNECTIVITY"]
 
@@ -88,6 +89,28 @@ class SupportEvidence:
     weakest_organ: float = float("inf")
 
 
+def best_threshold(score_map: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The ``t >= 0`` (grid ``PIXEL_STEP``, up to the map's maximum) whose ``score_map > t``
+    best matches ``truth`` (largest Dice; the lowest such ``t`` on ties); (t, Dice)."""
+    n_truth = int(np.count_nonzero(truth))
+    top = float(score_map.max()) if score_map.size else 0.0
+    best_t, best_d = 0.0, -1.0
+    for t in np.arange(0.0, max(top, 0.0) + PIXEL_STEP, PIXEL_STEP):
+        pred = score_map > t
+        total = int(np.count_nonzero(pred)) + n_truth
+        d = 2.0 * np.count_nonzero(pred & truth) / total if total else 1.0
+        if d > best_d + 1e-12:
+            best_t, best_d = float(t), float(d)
+    return best_t, best_d
+
+
+def part_slices_left_out(truth_zhw: np.ndarray, npart: int) -> np.ndarray:
+    """Z booleans: False on the support's part slices (they match themselves), True elsewhere."""
+    keep = np.ones(truth_zhw.shape[0], bool)
+    keep[support_slice_indices(organ_slices(np.moveaxis(truth_zhw, 0, -1), True), npart)] = False
+    return keep
+
+
 def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, float]:
     """The margin ``t >= 0`` (grid ``PIXEL_STEP``) maximising the Dice of ``max over parts >
     t`` against the support's organ, the support's part slices left out; (t, Dice).
@@ -96,21 +119,8 @@ def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, 
         margins: npart x Z x H x W margins of the support's own slices.
         truth_zhw: Z x H x W boolean organ mask.
     """
-    npart = margins.shape[0]
-    keep = np.ones(truth_zhw.shape[0], bool)
-    keep[support_slice_indices(organ_slices(np.moveaxis(truth_zhw, 0, -1), True), npart)] = False
-    best = margins.max(axis=0)[keep]                          # Z' x H x W
-    truth = truth_zhw[keep]
-    n_truth = int(np.count_nonzero(truth))
-    top = float(best.max()) if best.size else 0.0
-    best_t, best_d = 0.0, -1.0
-    for t in np.arange(0.0, max(top, 0.0) + PIXEL_STEP, PIXEL_STEP):
-        pred = best > t
-        total = int(np.count_nonzero(pred)) + n_truth
-        d = 2.0 * np.count_nonzero(pred & truth) / total if total else 1.0
-        if d > best_d + 1e-12:
-            best_t, best_d = float(t), float(d)
-    return best_t, best_d
+    keep = part_slices_left_out(truth_zhw, margins.shape[0])
+    return best_threshold(margins.max(axis=0)[keep], truth_zhw[keep])
 
 
 def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvidence:
