@@ -136,6 +136,40 @@ def test_mistake_is_one_line_exit_2_no_run(tiny, files, tmp_path, monkeypatch, c
     assert not log_dir.exists()                                        # no run directory
 
 
+@pytest.mark.parametrize("script, kind", [("train", "image"), ("train", "superpix"), ("val", "label")])
+def test_truncated_scan_is_one_line_exit_2_no_run(tiny, files, tmp_path, monkeypatch, capsys, script, kind):
+    """A truncated file the run would read (a training scan's image or superpixels, a validation
+    scan's label) is refused by the pre-flight, naming the file, before any run directory."""
+    import shutil
+
+    from data.cards import load_card
+    from dataloaders.folds import scan_ids_in, split_fold
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(tiny.data_dir, data)
+    card = load_card("CHAOST2")
+    val_ids, train_ids = split_fold(card, scan_ids_in(card, data), 0)
+    sid = (train_ids if script == "train" else val_ids)[0]
+    fields = {"scale": "MIDDLE"} if kind == "superpix" else {}
+    target = data / card.file(kind, id=sid, **fields)
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])                       # cut to half its size
+    key = [f"path.CHAOST2_Superpix.data_dir={data}"]
+    log_dir = tmp_path / "runs"
+    argv = (train_argv(tiny, log_dir, *key) if script == "train"
+            else val_argv(tiny, log_dir, *key, f"reload_model_path={files['good']}"))
+    code = run_cli(argv)
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR, err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {'training' if script == 'train' else 'validation'}: 1 unusable "
+                           "input file(s), nothing written: "), line
+    assert str(target) in line and "copy the file again" in line
+    assert not log_dir.exists()
+
+
 def test_good_command_line_passes_the_preflight(tiny, files, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = preflight(ex, train_argv(tiny, tmp_path / "runs", "n_steps=3"), main_command="main",

@@ -25,6 +25,7 @@ from data.cards import SUPERPIX_SUFFIX, Card, base_name, is_superpix, load_card
 from dataloaders.augment import AUG_PRESETS
 from dataloaders.folds import (check_label_list, n_folds, scan_ids_in, split_fold,
                                support_scan_ids, test_labels)
+from util.io import CorruptImageError, verify_image_files
 from util.user_errors import MissingInputError, UserError, require_checkpoint
 
 __all__ = ["ConfigSummary", "check_config", "check_run", "validate_config", "resolve_data_dir",
@@ -211,6 +212,27 @@ def _check_files(cfg: Mapping[str, Any], card: Card, data_dir: Path, train_ids: 
             _require(data_dir / card.file("label", id=sid), prepare)
     if training and list(cfg["exclude_cls_list"]):
         _require(data_dir / card.file("classmap", min_tp=1), classmap_hint(1))
+    _check_intact(cfg, card, data_dir, train_ids, val_ids, training)
+
+
+def _check_intact(cfg: Mapping[str, Any], card: Card, data_dir: Path, train_ids: list[int],
+                  val_ids: list[int], training: bool) -> None:
+    """The image files the run reads are complete (``util.io.verify_image_files``: gzip CRC and
+    NIfTI size), so a truncated scan is refused here, not in the middle of the run."""
+    if training:
+        companion = (("superpix", {"scale": cfg["superpix_scale"]}) if is_superpix(cfg["dataset"])
+                     else ("label", {}))
+        paths = [data_dir / card.file(kind, id=sid, **fields) for sid in train_ids
+                 for kind, fields in (("image", {}), companion)]
+    else:
+        paths = [data_dir / card.file(kind, id=sid) for sid in val_ids for kind in ("image", "label")]
+        if card.normalisation == "fold_global":           # the training fold's statistics
+            paths += [data_dir / card.file("image", id=sid) for sid in train_ids]
+    try:
+        verify_image_files(paths, "training" if training else "validation")
+    except CorruptImageError as err:
+        raise UserError(f"{err}; copy the file again, or re-create it with the command that "
+                        "wrote it (docs/data.md)") from err
 
 
 def validate_config(cfg: Mapping[str, Any], card: Card, *, check_files: bool = True) -> ConfigSummary:
