@@ -185,6 +185,17 @@ def test_align_organ_not_found_below_the_score_floor():
     assert res.mask.shape == (11, 16, 16) and "organ not found" in res.how
 
 
+def test_align_organ_not_found_when_no_pixel_is_kept():
+    """Slice scores reach the floor only outside the mapped slices 5..8: nothing is kept there,
+    so the organ is not found (no range reported for an empty mask)."""
+    ev = _evidence()
+    image = _image([63, 63, 63] + BLOCKS)
+    res = label_free_mask(_organ_margins(11, slice(0, 2), 1.0), "align", ev, image)
+    assert res.extent is None and not res.found and int(res.mask.sum()) == 0
+    assert "organ not found" in res.how and "paired with slices 5-8" in res.how
+    assert "no pixel there has a margin above 0.000" in res.how
+
+
 def test_align_bad_input():
     ev = _evidence()
     margins = _organ_margins(8, slice(2, 6), 2.0)

@@ -158,8 +158,9 @@ def align_evidence(margins: np.ndarray, truth_zhw: np.ndarray, image_zhw: np.nda
 
 @dataclasses.dataclass(frozen=True)
 class AlignChoice:
-    """What ``align`` chose for a query: the mapped ``extent`` (None: organ not found), the
-    query's highest slice score and the thresholds."""
+    """What ``align`` chose for a query: the slices ``mapped`` from the support's organ slices
+    (None: no slice scores high enough), the ``extent`` of the kept mask (None: organ not found),
+    the query's highest slice score and the support's calibration."""
     extent: tuple[int, int] | None
     mapped: tuple[int, int] | None
     peak: float
@@ -171,9 +172,11 @@ class AlignChoice:
         if self.mapped is None:
             return (f"no slice scores (best organ margin) {self.score_floor:.2f} or more; query's highest "
                     f"{self.peak:.2f}")
-        return (f"support slices {ev.first}-{ev.last} paired with slices {self.mapped[0]}-"
-                f"{self.mapped[1]} by their images; parts as the protocol assigns them; pixels "
-                f"with a margin above {ev.pixel_threshold:.3f}")
+        paired = (f"support slices {ev.first}-{ev.last} paired with slices {self.mapped[0]}-"
+                  f"{self.mapped[1]} by their images; ")
+        if self.extent is None:
+            return paired + f"no pixel there has a margin above {ev.pixel_threshold:.3f}"
+        return paired + f"parts as the protocol assigns them; pixels with a margin above {ev.pixel_threshold:.3f}"
 
     @property
     def score_floor(self) -> float:
@@ -200,5 +203,5 @@ def align_mask(margins: np.ndarray, image_zhw: np.ndarray, evidence: AlignEviden
     z0, z1 = map_extent(slice_descriptors(image_zhw), evidence.descriptors, evidence.first, evidence.last)
     out = largest_component(assigned_mask(margins, z0, z1, evidence.pixel_threshold))
     zs = np.flatnonzero(out.any(axis=(1, 2)))
-    extent = (int(zs[0]), int(zs[-1])) if zs.size else (z0, z1)
+    extent = (int(zs[0]), int(zs[-1])) if zs.size else None      # None: no pixel kept, not found
     return out, AlignChoice(extent, (z0, z1), peak, evidence)
