@@ -92,3 +92,33 @@ def test_orientation_caption_names_the_convention():
         "radiological view: anterior at the top, patient's right on the image's left")
     coronal = radiological_orientation((1, 0, 0, 0, 0, 1, 0, 1, 0))
     assert "marked" in orientation_caption([axial, coronal])
+
+
+def test_panel_titles_clear_of_other_panels(tmp_path, monkeypatch):
+    """Every panel title and the figure title lie clear of every image drawn (the query row's
+    titles were once hidden under the support row's images)."""
+    import util.figures as figures
+
+    drawn = {}
+    save = figures._save
+
+    def keep(fig, out_png):
+        drawn["fig"] = fig
+        return save(fig, out_png)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    img = np.zeros((64, 64))
+    mask = np.zeros((64, 64))
+    mask[20:30, 20:30] = 1
+    eye = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    support = [[(f"support 5 z={z} (part {k})", img, mask, eye) for k, z in enumerate((2, 6, 10))]]
+    query = [(f"query 1 z={z} (part {k})", img, mask, mask, eye) for k, z in enumerate((3, 10, 16))]
+    figures.plot_support_query(support, query, "label 2 RK, step 0", tmp_path / "f.png")
+    fig = drawn["fig"]
+    renderer = fig.canvas.get_renderer()
+    images = [ax.get_window_extent(renderer) for ax in fig.axes]
+    texts = [ax.title.get_window_extent(renderer) for ax in fig.axes] + [fig._suptitle.get_window_extent(renderer)]
+    assert len(images) == 6 and all(t.width > 0 for t in texts)
+    for t in texts:
+        for box in images:
+            assert not t.overlaps(box), (t, box)

@@ -139,7 +139,9 @@ def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row
     """
     n_cols = max([len(r) for r in support_rows] + [len(query_row), 1])
     n_rows = len(support_rows) + (1 if query_row else 0)
-    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows))
+    # constrained layout keeps every panel title clear of the row above (tight_layout let the
+    # images of one row cover the titles of the next)
+    fig = Figure(figsize=(PANEL_IN * n_cols, PANEL_IN * n_rows), layout="constrained")
     orientations = []
     for r, row in enumerate(support_rows):
         for k, (name, img, mask, direction) in enumerate(row):
@@ -155,7 +157,6 @@ def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row
              for line in textwrap.wrap(text, width)]
     fig.set_size_inches(PANEL_IN * n_cols, PANEL_IN * n_rows + TITLE_LINE_IN * (len(lines) + 1))
     fig.suptitle("\n".join(lines), fontsize=TITLE_FONTSIZE)
-    fig.tight_layout()
     return _save(fig, out_png)
 
 
