@@ -199,7 +199,7 @@ def test_parallel_runs_overlap_and_failures_are_reported(tmp_path):
     log = tmp_path / "log"
     rec = tmp_path / "rec.sh"      # a stand-in interpreter: logs start/end, fold 1 fails with 3
     rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*) fold="${a#*=}";; esac; done\n'
-                   f'echo "start $fold $(date +%s%N)" >> {log}\nsleep 0.5\n'
+                   f'echo "start $fold $(date +%s%N)" >> {log}\nsleep 1.5\n'
                    f'echo "end $fold $(date +%s%N)" >> {log}\n[ "$fold" != 1 ] || exit 3\n')
     res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1 2", LABEL_GROUPS="0",
                  PARALLEL="2", PYTHON=f"bash {rec}", check=False)
