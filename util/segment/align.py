@@ -170,13 +170,14 @@ class AlignChoice:
     def detail(self) -> str:
         ev = self.evidence
         if self.mapped is None:
-            return (f"no slice scores (best organ margin) {self.score_floor:.2f} or more; query's highest "
-                    f"{self.peak:.2f}")
+            return (f"no slice scores (best organ margin) {self.score_floor:.2f} or more; query's "
+                    f"highest {self.peak:.2f}")
         paired = (f"support slices {ev.first}-{ev.last} paired with slices {self.mapped[0]}-"
                   f"{self.mapped[1]} by their images; ")
+        above = f"a margin above {ev.pixel_threshold:.3f}"
         if self.extent is None:
-            return paired + f"no pixel there has a margin above {ev.pixel_threshold:.3f}"
-        return paired + f"parts as the protocol assigns them; pixels with a margin above {ev.pixel_threshold:.3f}"
+            return paired + f"no pixel there has {above}"
+        return paired + f"parts as the protocol assigns them; pixels with {above}"
 
     @property
     def score_floor(self) -> float:

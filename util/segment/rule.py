@@ -44,14 +44,12 @@ from util.segment.calibrate import (SupportEvidence, largest_component, support_
 
 __all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
            "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",
-           "RuleResult", "support_evidence", "SupportEvidence", "align_evidence", "AlignEvidence",
-           "NEEDS_IMAGE"]
+           "RuleResult", "support_evidence", "SupportEvidence", "align_evidence", "AlignEvidence"]
 
 log = logging.getLogger(__name__)
 
 RULES = ("align", "support", "extent", "max")
 DEFAULT_RULE = "align"
-NEEDS_IMAGE = ("align",)   # rules that read the query's image (the others only its margins)
 
 
 def margins_every_part(model: torch.nn.Module, supports: Sequence[Support], image_hwz: np.ndarray,

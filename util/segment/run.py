@@ -66,8 +66,8 @@ class QueryResult:
 @dataclasses.dataclass
 class SegmentReport:
     """What a call did: per-query results, the CSV, and how many slices went through the
-    encoder (the support's part slices once per call, and with the ``align`` and ``support`` rules each of its
-    slices once more for the calibration; each query slice once)."""
+    encoder (the support's part slices once per call, and with the ``align`` and ``support``
+    rules each of its slices once more for the calibration; each query slice once)."""
     results: list[QueryResult]
     csv: Path
     support_slices: list[int]
