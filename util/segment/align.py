@@ -150,7 +150,7 @@ def align_evidence(margins: np.ndarray, truth_zhw: np.ndarray, image_zhw: np.nda
     truth = np.asarray(truth_zhw, bool)
     if image_zhw.shape != truth.shape:
         raise ValueError(f"support image has shape {image_zhw.shape}, its mask {truth.shape}")
-    scores = support_evidence(margins, truth)          # raises on an empty mask
+    scores = support_evidence(margins, truth, pixels=False)   # raises on an empty mask
     zs = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
     tau, dice = assigned_threshold(margins, truth)
     return AlignEvidence(slice_descriptors(image_zhw), int(zs[0]), int(zs[-1]), tau, dice, scores)

@@ -123,12 +123,14 @@ def pixel_threshold(margins: np.ndarray, truth_zhw: np.ndarray) -> tuple[float, 
     return best_threshold(margins.max(axis=0)[keep], truth_zhw[keep])
 
 
-def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvidence:
+def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray, *, pixels: bool = True) -> SupportEvidence:
     """Calibrate on the support scan.
 
     Args:
         margins: npart x Z x H x W margins of the support's own slices.
         truth_zhw: Z x H x W boolean organ mask of the support.
+        pixels: also search the pixel threshold of the union over the parts (the ``support``
+            rule's; ``align`` calibrates its own and needs only the slice scores).
     Raises:
         ValueError: shapes differ, or the support mask is empty.
     """
@@ -149,7 +151,7 @@ def support_evidence(margins: np.ndarray, truth_zhw: np.ndarray) -> SupportEvide
         if (tpr + tnr) / 2.0 > best_acc + 1e-12:
             best_acc, best_t = (tpr + tnr) / 2.0, float(t)
     truth = np.asarray(truth_zhw, bool)
-    pix_t, pix_d = pixel_threshold(margins, truth)
+    pix_t, pix_d = pixel_threshold(margins, truth) if pixels else (0.0, float("nan"))
     return SupportEvidence(best_t, best_acc, int(organ.sum()), int(organ.size), pix_t, pix_d,
                            float(np.count_nonzero(truth)) / truth.size, float(scores[organ].min()))
 
