@@ -17,10 +17,10 @@ from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data.cards import SUPERPIX_SUFFIX, known_cards, load_card  # noqa: E402
-from util.config_check import unified_data_dirs  # noqa: E402
 from util.distributed import launch_rank  # noqa: E402
-from util.entry import RESOLVE_COMMAND  # noqa: E402  (the pre-flight's command, no run directory)
-from util.run_record import record_run_sources  # noqa: E402
+from util.experiment.command_line import RESOLVE_COMMAND  # noqa: E402  (the pre-flight's command, no run directory)
+from util.experiment.config_check import unified_data_dirs  # noqa: E402
+from util.experiment.run_record import record_run_sources  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "sys"          # the console goes into cout.txt (the original's stayed empty)
 SETTINGS.CONFIG.READ_ONLY_CONFIG = True
@@ -57,7 +57,8 @@ def cfg():
 
     # Training
     n_steps = 100100                   # optimizer steps, exactly (the original stopped at 100,000)
-    batch_size = 1                     # episodes per step and rank (reference: 1); effective batch = batch_size x ranks, lr not scaled
+    batch_size = 1                     # episodes per step and rank (reference: 1);
+    #                                    effective batch = batch_size x ranks, lr not scaled
     lr_milestones = [(ii + 1) * 1000 for ii in range(n_steps // 1000 - 1)]
     lr_step_gamma = 0.95
     ignore_label = 255
@@ -130,7 +131,7 @@ def cfg():
 @ex.config_hook
 def add_observer(config, command_name, logger):
     """One data folder per dataset (``path.<CARD>_Superpix.data_dir`` and ``path.<CARD>.data_dir``
-    hold the same value; two different given values are refused, see util/config_check.py);
+    hold the same value; two different given values are refused, see util/experiment/config_check.py);
     the run's main file, sources and dependencies; rank 0 alone owns the run directory
     ``<log_dir>/mySSL_<exp_str>/<run id>/``."""
     if command_name != RESOLVE_COMMAND:     # the pre-flight keeps the keys as given, to name them
@@ -273,9 +274,8 @@ def quickstart():
     feature_hw = [16, 16]
     # Schedule: 1000 steps instead of 100,100 (minutes on a CPU). The learning rate stays 1e-3,
     # as in the paper's first 1000 steps (lr_milestones, every 1000 steps, then has none). The
-    # final snapshot is saved at step 1000 (save_snapshot_every=25000 is never reached). Chosen on
-    # a separate synthetic set (seed 1, not the quickstart's scans): its fold-0 mean Dice was 0.45
-    # untrained, 0.62 after 200 steps, 0.66 after 1000, 0.68 after 1500.
+    # final snapshot is saved at step 1000 (save_snapshot_every=25000 is never reached). How the
+    # length was chosen, with the Dice it gave: docs/training.md, 'Quickstart schedule'.
     n_steps = 1000
     # Episodes are built in the main process: with 2 cores a worker process only competes with
     # the training step for the CPU (building an episode takes ~15 ms).

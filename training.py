@@ -1,8 +1,8 @@
 """Training entry point (docs/training.md): ``python3 training.py with key=value ...``.
 
 Wiring only: check the config, join the distributed launch (torchrun/srun) if any, and call
-``util.trainer.train``. Rank 0 alone owns the Sacred run directory, logs and snapshots.
-From the command line the config is checked before Sacred creates a run (``util.entry``): a
+``util.training.train``. Rank 0 alone owns the Sacred run directory, logs and snapshots.
+From the command line the config is checked before Sacred creates a run (``util.experiment.command_line``): a
 mistake is one ``error:`` line and exit status 2 (docs/training.md, "Mistakes and exit codes").
 """
 from __future__ import annotations
@@ -17,18 +17,18 @@ silence_known_warnings()               # before sacred is imported (it imports p
 
 from sacred.observers import FileStorageObserver  # noqa: E402
 
-# loaded now, not lazily during the run, so that the run's sources list them (util/run_record.py)
+# loaded now, not lazily during the run, so that the run's sources list them (util/experiment/run_record.py)
 import dataloaders.manual_dataset  # noqa: E402,F401
 import dataloaders.superpix_dataset  # noqa: E402,F401
 import models.grid_proto_fewshot  # noqa: E402,F401
 from config_ssl_upload import ex  # noqa: E402
-from util.config_check import check_config, check_run  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
-from util.entry import run_command_line  # noqa: E402
+from util.experiment.command_line import run_command_line  # noqa: E402
+from util.experiment.config_check import check_config, check_run  # noqa: E402
 from util.log import setup_logging  # noqa: E402
-from util.resume import preflight_resume  # noqa: E402
 from util.signals import raise_if_stopped  # noqa: E402
-from util.trainer import train  # noqa: E402
+from util.training import train  # noqa: E402
+from util.training.resume import preflight_resume  # noqa: E402
 
 log = logging.getLogger("main")
 
@@ -59,8 +59,8 @@ def main(_run, _config):
 
 
 def check_training(config) -> None:
-    """The pre-flight of a training run (``util.config_check.check_run``, mode 'train'), and of
-    what a resumption may change (``util.resume.preflight_resume``)."""
+    """The pre-flight of a training run (``util.experiment.config_check.check_run``, mode 'train'), and of
+    what a resumption may change (``util.training.resume.preflight_resume``)."""
     check_run(config, "train")
     preflight_resume(config, experiment_dir(config))
 

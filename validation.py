@@ -1,10 +1,10 @@
 """Validation entry point (docs/validation.md): ``python3 validation.py with key=value ...``.
 
 Wiring only: check the config, join the distributed launch (torchrun/srun) if any, validate every
-snapshot of ``reload_model_path`` with ``util.evaluate.run_validation``, print the Dice table.
+snapshot of ``reload_model_path`` with ``util.validation.run_validation``, print the Dice table.
 Rank 0 alone owns the Sacred run directory (metrics, ``interm_preds/``, figures).
 In-process (tests): ``ex.run("validation_main", config_updates={...})``. From the command line
-the config, data and snapshots are checked before Sacred creates a run (``util.entry``): a
+the config, data and snapshots are checked before Sacred creates a run (``util.experiment.command_line``): a
 mistake is one ``error:`` line and exit status 2 (docs/training.md, "Mistakes and exit codes").
 """
 from __future__ import annotations
@@ -16,16 +16,16 @@ from util.log import silence_known_warnings
 
 silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
 
-# loaded now, not lazily during the run, so that the run's sources list them (util/run_record.py)
+# loaded now, not lazily during the run, so that the run's sources list them (util/experiment/run_record.py)
 import data.geometry  # noqa: E402,F401
 import models.grid_proto_fewshot  # noqa: E402,F401
 import util.figures  # noqa: E402,F401
 from config_ssl_upload import ex  # noqa: E402
-from util.config_check import check_config, check_run  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
-from util.entry import run_command_line  # noqa: E402
-from util.evaluate import dice_table, run_directory, run_validation, steps_table  # noqa: E402
+from util.experiment.command_line import run_command_line  # noqa: E402
+from util.experiment.config_check import check_config, check_run  # noqa: E402
 from util.log import setup_logging  # noqa: E402
+from util.validation import dice_table, run_directory, run_validation, steps_table  # noqa: E402
 
 log = logging.getLogger("main")
 
@@ -50,7 +50,7 @@ def validation_main(_run, _config):
 
 
 def check_validation(config) -> None:
-    """The pre-flight of a validation run (``util.config_check.check_run``, mode 'val')."""
+    """The pre-flight of a validation run (``util.experiment.config_check.check_run``, mode 'val')."""
     check_run(config, "val")
 
 

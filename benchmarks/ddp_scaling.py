@@ -4,7 +4,7 @@ the distributed run over the single process (each rank trains one episode per st
 at the same steps/s give N x the episodes). Target on the CPU: >= 1.5x with 2 ranks on 2 free
 cores (this machine's cores are shared, so expect less while others compute).
 
-Each measurement runs ``util.trainer.train_step`` (forward, weighted cross-entropy + alignment
+Each measurement runs ``util.training.train_step`` (forward, weighted cross-entropy + alignment
 loss, backward with DDP's gradient all-reduce, SGD step) in fresh spawned processes, after
 warm-up steps; the single process uses all cores (or one GPU), the ranks split them (the single
 process is also measured with one thread: the ratio uses the faster of the two). The 1-process
@@ -62,8 +62,9 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(threads)
+    from models.builder import build_model
     from util.distributed import barrier, cleanup, init_distributed, wrap_ddp
-    from util.trainer import build_criterion, build_model, build_optimizer, build_scheduler, train_step
+    from util.training import build_criterion, build_optimizer, build_scheduler, train_step
     try:
         info = init_distributed(0, force_cpu=device_kind == "cpu")
         cfg = {"model": {"align": True, "init_weights": "random", "which_model": modelname,
@@ -72,7 +73,7 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
                "optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
                "lr_milestones": [1000], "lr_step_gamma": 0.95}
         torch.manual_seed(0)
-        model = build_model(cfg).to(info.device)
+        model = build_model(cfg["model"]).to(info.device)
         model.train()
         opt = build_optimizer(model, cfg)
         sched = build_scheduler(opt, cfg)

@@ -2,7 +2,7 @@
 
 On whatever GPUs the machine has (CUDA or ROCm), it measures and prints one table:
 
-1. training steps (``util.trainer.train_step``: forward, loss, backward, SGD step) on one GPU:
+1. training steps (``util.training.train_step``: forward, loss, backward, SGD step) on one GPU:
    fp32 batch 1 (the paper's setting), bf16 batch 1, bf16 batch 4: steps/s, episodes/s and peak
    GPU memory, after warm-up steps;
 2. DDP training steps on all GPUs (one rank per GPU, fp32 batch 1 per rank);
@@ -69,7 +69,7 @@ def synthetic_batch(batch: int, hw: int, device: torch.device, seed: int) -> dic
     """``batch`` 1-way 1-shot episodes in the trainer's layout: noise images with a bright square
     organ (support: top left, query: shifted), the organ's mask as foreground.
 
-    Returns the collated dict ``util.trainer.train_step`` takes (B x 3 x hw x hw images, B x hw
+    Returns the collated dict ``util.training.train_step`` takes (B x 3 x hw x hw images, B x hw
     x hw masks).
     """
     g = torch.Generator().manual_seed(seed)
@@ -104,18 +104,19 @@ def measure_training(info: Any, sizes: Sizes, precision: str, batch: int,
     Returns ``steps_per_s``, ``peak_gib`` (GPU memory of this rank; NaN on the CPU) and
     ``skipped`` (steps skipped by an empty-prototype episode: 0 expected).
     """
+    from models.builder import build_model
     from util.backends import apply_compute_settings
-    from util.distributed import barrier, unwrap, wrap_ddp
+    from util.checkpoint import unwrap_model
+    from util.distributed import barrier, wrap_ddp
     from util.io import atomic_save_torch
-    from util.trainer import (build_criterion, build_model, build_optimizer, build_scheduler,
-                              episode_errors, train_step)
+    from util.training import build_criterion, build_optimizer, build_scheduler, episode_errors, train_step
 
     device = info.device
     restore = apply_compute_settings(deterministic=False, device=device)
     try:
         cfg = _train_cfg(sizes)
         torch.manual_seed(0)
-        model = build_model(cfg).to(device)
+        model = build_model(cfg["model"]).to(device)
         model.train()
         opt = build_optimizer(model, cfg)
         sched = build_scheduler(opt, cfg)
@@ -144,7 +145,7 @@ def measure_training(info: Any, sizes: Sizes, precision: str, batch: int,
         elapsed = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
         if snapshot is not None and info.rank == 0:
-            atomic_save_torch(unwrap(net).state_dict(), snapshot)
+            atomic_save_torch(unwrap_model(net).state_dict(), snapshot)
         return {"steps_per_s": sizes.steps / elapsed, "peak_gib": peak, "skipped": skipped}
     finally:
         restore()

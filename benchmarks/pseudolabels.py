@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import alternate, bench_main, real_chaos_dir, row
-from data.cards import load_card
+from data.cards import load_card, scan_ids_in
 from data.pseudolabels import make_pseudolabels
-from dataloaders.folds import scan_ids_in
 
 TARGET = 1.7
 DATASET = "CHAOST2"
@@ -78,7 +77,7 @@ def different_files(a: Path, b: Path, ids: list[int]) -> list[str]:
 def agreement_in_body(work: Path, published: Path, ids: list[int]) -> tuple[dict[int, float], list[int]]:
     """Per scan, the share of the published body mask's voxels whose superpixel id equals the
     published one; and the scans whose body mask differs from the published one."""
-    from dataloaders.niftiio import read_zyx
+    from util.io import read_zyx
 
     card = load_card(DATASET)
     agree, fg_diff = {}, []

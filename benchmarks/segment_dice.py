@@ -50,7 +50,8 @@ class FoldPlan:
 def fold_plan(config: dict, card, data_dir: Path, organs: Sequence[int] | None = None) -> FoldPlan:
     """The fold, queries, support and organs of a run's ``config`` (the fold's validation scans,
     the last one as support); ``organs`` replaces the organs tested in its setting."""
-    from dataloaders.folds import check_label_list, scan_ids_in, split_fold, test_labels
+    from data.cards import scan_ids_in
+    from dataloaders.folds import check_label_list, split_fold, test_labels
 
     fold, label_sets = int(config.get("eval_fold", 0)), int(config.get("label_sets", 0))
     val, _ = split_fold(card, scan_ids_in(card, data_dir), fold)
@@ -111,12 +112,12 @@ def network_margins(checkpoint: Path, data_dir: Path, plan: FoldPlan, cache: Mar
     import SimpleITK as sitk
 
     from data.cards import load_card
-    from dataloaders.niftiio import read_image
     from dataloaders.scans import CUT_HW
-    from util.protocol import SupportScan, build_support
+    from util.io import read_image
     from util.segment import build_segmenter, inspect_checkpoint
     from util.segment.rule import margins_every_part
     from util.segment.volumes import normalise_prepared, prepare_query, prepare_support
+    from util.validation.protocol import SupportScan, build_support
 
     card = load_card(CARD)
     scans = (plan.support,) + plan.queries
@@ -202,9 +203,14 @@ def markdown(rows: list[dict], rules: Sequence[str], card_labels: Sequence[str])
                  f"{_range(row[r]['extent'])}" for r in rules]
         lines.append(f"| {row['scan']} | {card_labels[row['organ']]} | {_range(row['truth'])} | "
                      f"{row['protocol']:.3f} | " + " | ".join(cells) + " |")
-    mean = lambda f: float(np.mean([f(r) for r in rows]))  # noqa: E731
-    cells = [f"**{mean(lambda x: x[r]['whole']):.3f}** ({mean(lambda x: x[r]['true_slices']):.3f})"
-             for r in rules]
+    def mean(f) -> float:
+        return float(np.mean([f(r) for r in rows]))
+
+    def rule_means(rule: str) -> str:
+        whole = mean(lambda x: x[rule]["whole"])
+        return f"**{whole:.3f}** ({mean(lambda x: x[rule]['true_slices']):.3f})"
+
+    cells = [rule_means(r) for r in rules]
     lines.append(f"| mean | | | **{mean(lambda x: x['protocol']):.3f}** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

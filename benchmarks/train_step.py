@@ -1,4 +1,4 @@
-"""One ALPNet training step (``util.trainer.train_step``: forward with the ALP head and the
+"""One ALPNet training step (``util.training.train_step``: forward with the ALP head and the
 alignment loss, weighted cross-entropy, backward, SGD, scheduler) against the backbone's own
 forward + backward on the same two images (support + query), alternating in one process.
 Target on the CPU: at most 1.25x (ResNet-101 encoder, 256 x 256, 1-way 1-shot, alignment on).
@@ -22,8 +22,7 @@ import time
 import torch
 
 from benchmarks.common import exit_code, print_row, row, sync
-
-from util.trainer import build_criterion, build_optimizer, build_scheduler, train_step
+from util.training import build_criterion, build_optimizer, build_scheduler, train_step
 
 __all__ = ["run", "make_episode_batch", "gpu_throughput", "TARGET", "GPU_TARGET"]
 
@@ -61,7 +60,7 @@ def _model(name: str, device: torch.device) -> torch.nn.Module:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from util.trainer import episode_errors
+    from util.training import episode_errors
     return episode_errors()
 
 

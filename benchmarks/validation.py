@@ -1,5 +1,5 @@
 """Validation inference: the batched support-once path against the original one-slice-at-a-time
-path, both through the entry validation runs (``util.evaluate.evaluate_snapshot``, switched by
+path, both through the entry validation runs (``util.validation.evaluate_snapshot``, switched by
 ``EvalOptions.one_slice_at_a_time``), alternating in one process on the same scans and network.
 
 Fold 0 of the real CHAOS T2 scans holds 5 scans: 4 queries and 1 support (scan 8); test organs
@@ -26,7 +26,7 @@ from benchmarks.common import alternate, bench_main, row, skipped_row
 
 if TYPE_CHECKING:
     from dataloaders.validation_set import ValidationSet
-    from util.evaluate import SnapshotResult
+    from util.validation import SnapshotResult
 
 TARGET = 2.0
 NAME = "validation"
@@ -50,7 +50,7 @@ def _model(quick: bool) -> torch.nn.Module:
 def _cut(vset: "ValidationSet", n_queries: int, n_slices: int) -> "ValidationSet":
     """The validation set with its first ``n_queries`` queries, each cut to ``n_slices`` slices
     centred on its first test organ."""
-    from util.protocol import organ_z_range
+    from util.validation.protocol import organ_z_range
 
     queries = []
     for scan in vset.queries[:n_queries]:
@@ -62,7 +62,7 @@ def _cut(vset: "ValidationSet", n_queries: int, n_slices: int) -> "ValidationSet
 
 
 def compare(a: "SnapshotResult", b: "SnapshotResult") -> list[str]:
-    """What differs between two ``util.evaluate.SnapshotResult``: the names of the tables that
+    """What differs between two ``util.validation.SnapshotResult``: the names of the tables that
     differ (NaN equals NaN) and, per differing prediction volume, its key and pixel count."""
     diffs = [k for k in TABLES if not np.array_equal(getattr(a, k), getattr(b, k), equal_nan=True)]
     if a.preds.keys() != b.preds.keys():
@@ -77,7 +77,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     from benchmarks.common import real_chaos_dir
     from data.cards import load_card
     from dataloaders.validation_set import load_validation_set
-    from util.evaluate import EvalOptions, evaluate_snapshot
+    from util.validation import EvalOptions, evaluate_snapshot
 
     what = "fold-0 kidney validation, one slice at a time vs support once"
     target = f">= {TARGET:g}x"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import json5
 
 __all__ = ["Card", "load_card", "known_cards", "card_dirs", "describe_cards", "base_name",
-           "is_superpix", "SUPERPIX_SUFFIX", "CARD_ENV"]
+           "is_superpix", "scan_ids_in", "SUPERPIX_SUFFIX", "CARD_ENV"]
 
 SUPERPIX_SUFFIX = "_Superpix"
 CARD_ENV = "SSL_ALPNET_CARDS"
@@ -84,7 +85,7 @@ def describe_cards() -> str:
     lines = [f"known dataset cards (data/datasets/ and ${CARD_ENV}; docs/data.md, 'Dataset cards'):"]
     cards = known_cards()
     width = max((len(name) for name in cards), default=0)
-    for name, path in cards.items():
+    for name in cards:
         try:
             card = load_card(name)
         except ValueError as err:
@@ -169,3 +170,28 @@ def load_card(dataset: str) -> Card:
         files=files, data_dir=str(raw["data_dir"]),
         epoch_length=str(raw.get("epoch_length", "max_iters_per_load")),
         path=path, extra={k: v for k, v in raw.items() if k not in known})
+
+
+def _id_regex(pattern: str) -> re.Pattern[str]:
+    head, _, tail = pattern.partition("{id}")
+    return re.compile("^" + re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
+
+
+def scan_ids_in(card: Card, data_dir: str | Path) -> list[int]:
+    """Scan ids whose image file (card pattern ``files.image``) is in ``data_dir``, sorted numerically.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is missing or holds no image of the card's pattern.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"data directory {data_dir} of dataset {card.name} does not exist: prepare it with "
+            f"`python -m data.prepare --dataset {card.name} --raw RAW_DIR --out {data_dir}` "
+            f"or set path.{card.name}.data_dir")
+    rx = _id_regex(card.files["image"])
+    ids = sorted(int(m.group(1)) for p in data_dir.iterdir() if (m := rx.match(p.name)))
+    if not ids:
+        raise FileNotFoundError(
+            f"no scan matching {card.files['image']!r} in {data_dir} (dataset {card.name})")
+    return ids

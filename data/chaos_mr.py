@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.cards import load_card
-from data.convert import Problems, RawCase, Summary, converter_main, convert_cases, read_sitk
+from data.convert import Problems, RawCase, Summary, convert_cases, converter_main, read_sitk
 from util.log import setup_logging
 
 __all__ = ["convert", "find_cases", "grey_to_label", "read_series", "main", "GREY_RANGES", "DATASET"]

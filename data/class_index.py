@@ -21,9 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data.cards import Card, load_card
+from data.cards import Card, load_card, scan_ids_in
 from data.cli import new_parser
-from dataloaders.folds import scan_ids_in
 from util.io import atomic_write_json, read_zyx
 from util.log import setup_logging
 

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cards import load_card
-from data.convert import (Problems, RawCase, Summary, converter_main, check_nifti_pair,
-                          convert_cases, load_nifti_pair)
+from data.convert import Problems, RawCase, Summary, check_nifti_pair, convert_cases, converter_main, load_nifti_pair
 from util.log import setup_logging
 
 __all__ = ["convert", "find_cases", "main", "DATASET", "C0_LABEL_VALUES"]

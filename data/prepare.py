@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from data.cards import Card, load_card
-from data.cli import new_parser
+from data.cards import Card, load_card, scan_ids_in
 from data.class_index import DEFAULT_MIN_TP, write_class_index
+from data.cli import new_parser
 from data.pseudolabels import DEFAULT_SCALE, make_pseudolabels, pending_scans
-from dataloaders.folds import scan_ids_in
 from util.io import verify_image_files
 from util.log import setup_logging
 

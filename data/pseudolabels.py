@@ -31,9 +31,8 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
-from data.cards import Card, load_card
+from data.cards import Card, load_card, scan_ids_in
 from data.cli import new_parser
-from dataloaders.folds import scan_ids_in
 from util.io import atomic_write_sitk, read_zyx, verify_image_files
 from util.log import setup_logging
 

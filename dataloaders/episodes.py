@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["make_episode", "EpisodeBatchSampler", "episode_loader", "ignore_stop_signals",
-           "init_worker", "WORKER_THREADS", "build_training_dataset",
+           "init_worker", "WORKER_THREADS",
            "SUPPORT_CLASS"]
 
 log = logging.getLogger(__name__)
@@ -113,23 +113,3 @@ def episode_loader(dataset: Dataset, *, start: int, batch_size: int, num_workers
                       num_workers=int(num_workers), pin_memory=pin_memory,
                       persistent_workers=False,
                       worker_init_fn=init_worker if int(num_workers) > 0 else None)
-
-
-def build_training_dataset(cfg: dict, card: Any, *, data_dir: str, train_ids: Sequence[int],
-                           rank: int) -> Dataset:
-    """The superpixel dataset (``<CARD>_Superpix``) or the manual-label dataset (``<CARD>``)."""
-    from data.cards import is_superpix
-    from dataloaders.folds import test_labels
-
-    common = dict(seed=int(cfg["seed"]), rank=int(rank), which_aug=cfg["which_aug"],
-                  exclude_cls_list=list(cfg["exclude_cls_list"]),
-                  max_iters_per_load=int(cfg["max_iters_per_load"]),
-                  n_shots=int(cfg["task"]["n_shots"]), n_queries=int(cfg["task"]["n_queries"]))
-    if is_superpix(cfg["dataset"]):
-        from dataloaders.superpix_dataset import SuperpixelDataset
-        return SuperpixelDataset(card, data_dir, train_ids, superpix_scale=cfg["superpix_scale"],
-                                 scan_per_load=int(cfg["scan_per_load"]),
-                                 redraw_empty_superpix=bool(cfg["redraw_empty_superpix"]), **common)
-    from dataloaders.manual_dataset import ManualLabelDataset
-    return ManualLabelDataset(card, data_dir, train_ids, min_fg_data=cfg["min_fg_data"],
-                              test_labels=test_labels(card, cfg["label_sets"]), **common)

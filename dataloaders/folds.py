@@ -6,39 +6,12 @@ belong to which fold.
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from data.cards import Card, N_DEFAULT_FOLDS
+from data.cards import N_DEFAULT_FOLDS, Card
 
-__all__ = ["scan_ids_in", "fold_separators", "n_folds", "split_fold", "test_labels",
+__all__ = ["fold_separators", "n_folds", "split_fold", "test_labels",
            "check_label_list", "excluded_slices", "support_scan_ids"]
-
-
-def _id_regex(pattern: str) -> re.Pattern[str]:
-    head, _, tail = pattern.partition("{id}")
-    return re.compile("^" + re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
-
-
-def scan_ids_in(card: Card, data_dir: str | Path) -> list[int]:
-    """Scan ids whose image file (card pattern ``files.image``) is in ``data_dir``, sorted numerically.
-
-    Raises:
-        FileNotFoundError: ``data_dir`` is missing or holds no image of the card's pattern.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"data directory {data_dir} of dataset {card.name} does not exist: prepare it with "
-            f"`python -m data.prepare --dataset {card.name} --raw RAW_DIR --out {data_dir}` "
-            f"or set path.{card.name}.data_dir")
-    rx = _id_regex(card.files["image"])
-    ids = sorted(int(m.group(1)) for p in data_dir.iterdir() if (m := rx.match(p.name)))
-    if not ids:
-        raise FileNotFoundError(
-            f"no scan matching {card.files['image']!r} in {data_dir} (dataset {card.name})")
-    return ids
 
 
 def fold_separators(card: Card, n_scans: int) -> tuple[int, ...]:

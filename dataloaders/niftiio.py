@@ -2,8 +2,7 @@
 
 H is the array's y axis (rows), W its x axis (columns), Z the slice axis, as the original
 loaders have them (``GetArrayFromImage(img).transpose(1, 2, 0)``). Every read goes through
-``util.io.read_image``, which refuses truncated or corrupt files (re-exported here with
-``read_zyx`` and ``spacing_zyx``).
+``util.io.read_zyx`` (the checked reads' one home), which refuses truncated or corrupt files.
 """
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from util.io import read_image, read_zyx, spacing_zyx   # checked reads live in the lowest layer
+from util.io import atomic_write_sitk, read_zyx
 
-__all__ = ["read_image", "read_zyx", "read_hwz", "spacing_zyx", "write_like"]
+__all__ = ["read_hwz", "write_like"]
 
 
 def read_hwz(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, sitk.Image]:
@@ -25,8 +24,6 @@ def read_hwz(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, s
 
 def write_like(arr_zyx: np.ndarray, reference: sitk.Image, target: str | Path) -> Path:
     """Write a Z x H x W array with the geometry of ``reference``, atomically."""
-    from util.io import atomic_write_sitk
-
     out = sitk.GetImageFromArray(arr_zyx)
     out.CopyInformation(reference)
     return atomic_write_sitk(out, target)

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.cards import Card
-from dataloaders.folds import scan_ids_in, split_fold, support_scan_ids, test_labels
+from data.cards import Card, scan_ids_in
+from dataloaders.folds import split_fold, support_scan_ids, test_labels
 from dataloaders.scans import NormStats, Scan, fold_norm_stats, load_scan
 
 __all__ = ["ValidationSet", "choose_support_ids", "load_validation_set", "read_record"]

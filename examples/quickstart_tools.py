@@ -8,8 +8,8 @@
   even by mistake.
 - ``newest-run EXPERIMENT_DIR``: the Sacred run folder with the highest numeric id.
 - ``init-snapshot RUN_DIR``: ``RUN_DIR/snapshots/0.pth``, the untrained network that training
-  started from: the run's config, its seed, the model built exactly as ``util.trainer.train``
-  builds it (``seed_everything(seed)``, then ``build_model(cfg)``).
+  started from: the run's config, its seed, the model built exactly as ``util.training.train``
+  builds it (``seed_everything(seed)``, then ``build_model(cfg["model"])``).
 - ``report --train RUN --val RUN [RUN ...]``: per-organ 1-shot Dice of the untrained (step 0)
   and the trained (last step) snapshot, read from the validation runs' Sacred ``metrics.json``
   (``mar_val_batches_classDice``), the run folders, and the figures written there.
@@ -45,8 +45,7 @@ def training_view(data_dir: Path, view_dir: Path, dataset: str) -> list[Path]:
         FileNotFoundError: ``data_dir`` holds no scan of the card's image pattern.
         ValueError: ``view_dir`` holds a label or class-index file (it must not).
     """
-    from data.cards import load_card
-    from dataloaders.folds import scan_ids_in
+    from data.cards import load_card, scan_ids_in
 
     card = load_card(dataset)
     data_dir, view_dir = Path(data_dir).resolve(), Path(view_dir)
@@ -101,9 +100,10 @@ def init_snapshot(run_dir: Path) -> Path:
     Raises:
         FileNotFoundError: neither a snapshot nor ``config.json`` in ``run_dir``.
     """
+    from models.builder import build_model
     from util.checkpoint import latest_snapshot, read_snapshot, save_snapshot
     from util.rng import seed_everything
-    from util.trainer import SNAPSHOT_DIR, build_model
+    from util.training import SNAPSHOT_DIR
 
     run_dir = Path(run_dir)
     last = latest_snapshot(run_dir / SNAPSHOT_DIR)
@@ -114,8 +114,8 @@ def init_snapshot(run_dir: Path) -> Path:
     else:
         raise FileNotFoundError(f"{run_dir}: no snapshots/<step>.pth and no config.json to "
                                 "rebuild the initial network from")
-    seed_everything(int(cfg["seed"]))          # as util.trainer.train, right before build_model
-    model = build_model(cfg)
+    seed_everything(int(cfg["seed"]))          # as util.training.train, right before build_model
+    model = build_model(cfg["model"])
     return save_snapshot(run_dir / SNAPSHOT_DIR / f"{INITIAL_STEP}.pth", model=model,
                          step=INITIAL_STEP, config=cfg)
 

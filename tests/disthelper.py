@@ -2,7 +2,8 @@
 
 ``run_ranks(fn, *args)`` spawns ``world_size`` processes, sets the launcher's variables in each
 (torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` or Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/
-``SLURM_LOCALID`` and the srun step's ``SLURM_STEP_ID``/``SLURM_STEP_NUM_TASKS``, plus ``MASTER_ADDR``/``MASTER_PORT`` on a free port), calls ``fn(*args)`` and
+``SLURM_LOCALID`` and the srun step's ``SLURM_STEP_ID``/``SLURM_STEP_NUM_TASKS``, plus
+``MASTER_ADDR``/``MASTER_PORT`` on a free port), calls ``fn(*args)`` and
 sends its return value back. ``fn`` must be a module-level function (pickled by name) and its
 result picklable. A rank that raises fails the whole call with that rank's traceback; the other
 ranks (possibly blocked in a collective) are terminated. Children use one thread each: the CI

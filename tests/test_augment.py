@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from dataloaders.augment import (AUG_PRESETS, affine_matrix, augment_pair, draw_affine, elastic_field,
-                                 gamma_transform, get_preset, warp_affine, warp_elastic)
+from dataloaders.augment import (
+    AUG_PRESETS,
+    affine_matrix,
+    augment_pair,
+    draw_affine,
+    elastic_field,
+    gamma_transform,
+    get_preset,
+    warp_affine,
+    warp_elastic,
+)
 
 
 def spec_affine(h: int, w: int, rot: float, tx: float, ty: float, shear: float, scale: float) -> np.ndarray:

@@ -70,8 +70,8 @@ def test_benchmark_set_for_the_run_and_restored_after(pristine, rocm, during):
 
 
 def test_training_restores_the_switches(pristine, monkeypatch):
-    """util.trainer.train restores them even when the run fails part-way."""
-    from util import trainer
+    """util.training.train restores them even when the run fails part-way."""
+    from util.training import loop as trainer
 
     def failing_resume(*args, **kwargs):
         assert torch.are_deterministic_algorithms_enabled()   # set for the run by then

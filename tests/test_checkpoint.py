@@ -10,8 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from util.checkpoint import (SNAPSHOT_KEYS, latest_snapshot, list_snapshots, load_alpnet_weights,
-                             model_state_from, read_snapshot, save_snapshot, to_plain)
+from util.checkpoint import (
+    SNAPSHOT_KEYS,
+    latest_snapshot,
+    list_snapshots,
+    load_alpnet_weights,
+    model_state_from,
+    read_snapshot,
+    save_snapshot,
+    to_plain,
+)
 
 
 class Tiny(nn.Module):

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
+from benchmarks.pseudolabels import MIN_AGREEMENT_IN_BODY  # docs/method.md, 'Superpixel pseudolabels'
 from data.cards import load_card
 from data.class_index import build_classmaps, class_slices, write_class_index
 from data.pseudolabels import body_mask, make_pseudolabels, superpixel_ids
-from dataloaders.niftiio import read_zyx
-from benchmarks.pseudolabels import MIN_AGREEMENT_IN_BODY   # docs/method.md, 'Superpixel pseudolabels'
 from tests.conftest import requires_real_data
+from util.io import read_zyx
 
 REAL_SUBSET = (1, 2, 20, 15)   # inside the body 1: 99.767 %, 2: 99.963 %, 20: 99.989 %; 15: identical
 

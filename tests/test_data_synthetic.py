@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from data import synthetic
-from data.synthetic import CHAOS_GREY, C0_VALUES, write_synthetic
+from data.synthetic import C0_VALUES, CHAOS_GREY, write_synthetic
 
 
 def _read_series(folder):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data import prepare
-from data.cards import load_card
+from data.cards import load_card, scan_ids_in
 from data.synthetic import write_synthetic
 from dataloaders import folds
 from dataloaders.scans import load_classmap, load_scan
@@ -51,7 +51,7 @@ def test_user_card_end_to_end(user_card, tmp_path):
     assert (summary.converted, summary.index_files, summary.pseudolabelled) == (6, 2, 6)
     assert sorted(p.name for p in out.glob("vol_*")) == [f"vol_{i}.nii.gz" for i in range(1, 7)]
 
-    ids = folds.scan_ids_in(card, out)
+    ids = scan_ids_in(card, out)
     assert ids == [1, 2, 3, 4, 5, 6]
     # five folds from six scans: separators (k * 6) // 5 = 0, 1, 2, 3, 4, 6
     assert folds.fold_separators(card, len(ids)) == (0, 1, 2, 3, 4, 6)

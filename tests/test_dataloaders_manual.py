@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.cards import load_card
+from data.cards import load_card, scan_ids_in
 from dataloaders import folds
-from dataloaders.folds import scan_ids_in, split_fold
+from dataloaders.folds import split_fold
 from dataloaders.manual_dataset import ManualLabelDataset, training_classes
 from tests.tinydata import build_tiny_dataset
 
@@ -52,7 +52,7 @@ def test_episode_pairs_two_different_slices_of_one_class(tiny):
 
 def test_setting2_drops_slices_with_excluded_organs(tiny):
     ds = make(tiny, which_aug="none", exclude_cls_list=[2, 3])
-    for c, pool in ds.pools.items():
+    for pool in ds.pools.values():
         for sid, z in pool:
             assert not np.isin(tiny.label(sid)[..., z], [2, 3]).any()
     both = make(tiny, which_aug="none", exclude_cls_list=[])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.cards import load_card
+from data.cards import load_card, scan_ids_in
 from dataloaders.episodes import episode_loader
-from dataloaders.folds import scan_ids_in, split_fold
+from dataloaders.folds import split_fold
 from dataloaders.superpix_dataset import SuperpixelDataset, draw_superpixel, resolve_slice
 from tests.tinydata import build_tiny_dataset, write_hwz
 

@@ -6,6 +6,7 @@ import torch
 
 from tests.disthelper import LAUNCH_VARS, run_ranks
 from util import distributed as D
+from util.checkpoint import unwrap_model
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_device_missing_among_several_is_an_error(monkeypatch):
 def test_single_process_helpers_are_identities(clean_env):
     model = torch.nn.Linear(2, 1)
     info = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
-    assert D.wrap_ddp(model, info) is model and D.unwrap(model) is model
+    assert D.wrap_ddp(model, info) is model and unwrap_model(model) is model
     t = torch.tensor([3, 4], dtype=torch.int64)
     assert D.all_reduce_sum(t) is t and t.tolist() == [3, 4]
     assert D.broadcast_object({"a": 1}) == {"a": 1}
@@ -166,7 +167,7 @@ def _collectives_body() -> dict:
     counts = D.all_reduce_sum(torch.tensor([[r + 1, 10 * r], [2**40, 0]], dtype=torch.int64))
     model = D.wrap_ddp(torch.nn.Linear(2, 1, bias=False), info)
     with torch.no_grad():
-        D.unwrap(model).weight.copy_(torch.tensor([[1.0, -1.0]]))
+        unwrap_model(model).weight.copy_(torch.tensor([[1.0, -1.0]]))
     x = torch.tensor([[1.0, 2.0]]) if r == 0 else torch.tensor([[3.0, 5.0]])
     (model(x) ** 2).sum().backward()
     return {
@@ -174,8 +175,8 @@ def _collectives_body() -> dict:
         "helpers": (D.is_dist(), D.get_rank(), D.get_world_size(), D.is_main_process()),
         "counts": counts.tolist(), "dtype": str(counts.dtype),
         "broadcast": D.broadcast_object(f"from rank {r}"),
-        "grad": D.unwrap(model).weight.grad.tolist(),
-        "unwrapped_keys": sorted(D.unwrap(model).state_dict()),
+        "grad": unwrap_model(model).weight.grad.tolist(),
+        "unwrapped_keys": sorted(unwrap_model(model).state_dict()),
     }
 
 
@@ -266,14 +267,14 @@ def _align_batch(kinds: list[str], first_index: int) -> dict:
 
 
 def _align_step_body() -> dict:
-    from util.trainer import (build_criterion, build_model, build_optimizer, build_scheduler,
-                              episode_errors, train_step)
+    from models.builder import build_model
+    from util.training import build_criterion, build_optimizer, build_scheduler, episode_errors, train_step
     info = D.init_distributed(0, force_cpu=True)
     cfg = {"model": {"align": True, "init_weights": "random", "which_model": "dlfcn_res18"},
            "optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
            "lr_milestones": [1000], "lr_step_gamma": 0.95}
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg["model"])
     model.train()
     opt, before = build_optimizer(model, cfg), [p.detach().clone() for p in model.parameters()]
     sched = build_scheduler(opt, cfg)

@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from tests.disthelper import free_port, run_ranks
-from tests.slurm_standins import write_standins
 from tests.test_sbatch import job_env
 from tests.tinydata import build_tiny_dataset
 
@@ -58,14 +57,14 @@ def experiment_dir(log_dir: Path) -> Path:
 def _train_rank(cfg: dict, signal_at_forward: int | None = None) -> dict:
     """One rank: ``python3 training.py with cfg`` in-process; optionally SIGUSR1 to itself (rank 1
     only) during its ``signal_at_forward``-th forward."""
-    import util.trainer as trainer
+    import util.training.loop as trainer
     from util.distributed import launch_rank
 
     if signal_at_forward is not None and launch_rank() == 1:
         build = trainer.build_model
 
-        def build_with_signal(c):
-            model = build(c)
+        def build_with_signal(c, **kw):
+            model = build(c, **kw)
             calls = []
 
             def hook(module, args):
@@ -112,11 +111,12 @@ def single_process_reference(cfg: dict, world: int = 2, ranks: tuple[int, ...] |
     0..world-1 draw (each forward alone: its own BatchNorm batch). Buffers (BatchNorm running
     statistics) follow rank 0's episodes, as DDP broadcasts rank 0's buffers. ``ranks``: whose
     episode streams to average instead (the negative control gives one a foreign stream)."""
-    from dataloaders.episodes import build_training_dataset, episode_loader
-    from util.config_check import check_config
+    from dataloaders.episodes import episode_loader
+    from dataloaders.training_set import build_training_dataset
+    from models.builder import build_model
+    from util.experiment.config_check import check_config
     from util.rng import seed_everything
-    from util.trainer import (build_criterion, build_model, build_optimizer, build_scheduler,
-                              episode_inputs, loss)
+    from util.training import build_criterion, build_optimizer, build_scheduler, episode_inputs, loss
 
     summary = check_config(cfg)
     previous = torch.are_deterministic_algorithms_enabled()
@@ -127,7 +127,7 @@ def single_process_reference(cfg: dict, world: int = 2, ranks: tuple[int, ...] |
     torch.set_num_threads(1)
     try:
         seed_everything(cfg["seed"])
-        model = build_model(cfg)
+        model = build_model(cfg["model"])
         model.train()
         optimizer, cpu = build_optimizer(model, cfg), torch.device("cpu")
         scheduler = build_scheduler(optimizer, cfg)
@@ -200,10 +200,10 @@ def test_negative_control_one_rank_with_another_episode_fails_the_comparison(uni
 
 
 def _initial_state(cfg: dict) -> dict[str, torch.Tensor]:
+    from models.builder import build_model
     from util.rng import seed_everything
-    from util.trainer import build_model
     seed_everything(cfg["seed"])
-    return {n: t.float() for n, t in build_model(cfg).state_dict().items()}
+    return {n: t.float() for n, t in build_model(cfg["model"]).state_dict().items()}
 
 
 def test_signal_on_one_rank_saves_and_the_requeued_job_resumes(uninterrupted, tiny, tmp_path):

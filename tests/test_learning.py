@@ -48,7 +48,7 @@ def _mean_dice(model: torch.nn.Module, data_dir: Path) -> tuple[float, np.ndarra
     """Mean 1-shot Dice of fold 0's queries (and the per-scan table), the protocol's way."""
     from data.cards import load_card
     from dataloaders.validation_set import load_validation_set
-    from util.evaluate import EvalOptions, evaluate_snapshot
+    from util.validation import EvalOptions, evaluate_snapshot
 
     vset = load_validation_set(load_card(DATASET), data_dir, fold=0, label_sets=LABEL_SET)
     assert vset.support_ids == [3] and vset.query_ids == [1, 2]
@@ -60,9 +60,9 @@ def _mean_dice(model: torch.nn.Module, data_dir: Path) -> tuple[float, np.ndarra
 
 def _train(root: Path, name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``training.py with quickstart n_steps=STEPS``: (untrained network, trained network)."""
+    from models.builder import build_model
     from util.checkpoint import load_alpnet_weights
     from util.rng import seed_everything
-    from util.trainer import build_model
 
     data = str(root / "data")
     run = ex.run("main", named_configs=["quickstart"], config_updates={
@@ -70,9 +70,9 @@ def _train(root: Path, name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
         "path": {"log_dir": str(root / "runs"), f"{DATASET}_Superpix": {"data_dir": data},
                  DATASET: {"data_dir": data}}})
     assert run.result["status"] == "completed" and run.result["step"] == STEPS
-    seed_everything(int(run.config["seed"]))       # as util.trainer.train, right before build_model
-    untrained = build_model(run.config)
-    trained = build_model(run.config)
+    seed_everything(int(run.config["seed"]))       # as util.training.train, right before build_model
+    untrained = build_model(run.config["model"])
+    trained = build_model(run.config["model"])
     load_alpnet_weights(trained, run.result["snapshot"])
     return untrained, trained
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from tests.refnet import REFERENCE
-from util.metric import (IGNORE_INDEX, Metric, confusion_counts, dice_from_counts, reduce_raw,
-                         precision_from_counts, recall_from_counts)
+from util.metric import (
+    IGNORE_INDEX,
+    Metric,
+    confusion_counts,
+    dice_from_counts,
+    precision_from_counts,
+    recall_from_counts,
+    reduce_raw,
+)
 
 FIXTURE = REFERENCE / "metric" / "metric_seed1.npz"
 

@@ -167,8 +167,8 @@ def test_init_snapshot_is_the_network_training_started_from(tmp_path):
     zero = read_snapshot(qt.init_snapshot(run_dir))
     one = read_snapshot(run_dir / "snapshots" / "1.pth")
     assert zero["step"] == 0 and zero["config"]["seed"] == run.config["seed"]
-    from util.trainer import build_model
-    params = {name for name, _ in build_model(run.config).named_parameters()}
+    from models.builder import build_model
+    params = {name for name, _ in build_model(run.config["model"]).named_parameters()}
     assert params and set(zero["model"]) == set(one["model"])
     for name in params:
         assert torch.equal(zero["model"][name], one["model"][name]), name

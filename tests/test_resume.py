@@ -21,8 +21,8 @@ from config_ssl_upload import ex
 from tests.test_training import config, params_of, run_train, tiny  # noqa: F401  (fixture)
 from tests.tinydata import build_tiny_dataset
 from util.checkpoint import read_snapshot
-from util.resume import MAY_CHANGE, REFUSED, RESUME_KEYS, check_resume_config, resume_policy
 from util.signals import EXIT_INTERRUPTED, TrainingInterrupted, raise_if_stopped, resume_command
+from util.training.resume import MAY_CHANGE, REFUSED, RESUME_KEYS, check_resume_config, resume_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_training_refuses_a_changed_seed_before_loading(tiny, tmp_path):
 def test_refused_change_found_before_a_run_directory(tiny, tmp_path, capsys):
     """From the command line a refused change is one error line, exit 2, and no run directory."""
     import training
-    from util.entry import run_command_line
+    from util.experiment.command_line import run_command_line
 
     run_train(config(tiny, n_steps=2), tmp_path / "first")
     snap = tmp_path / "first" / "snapshots" / "2.pth"

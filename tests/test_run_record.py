@@ -56,10 +56,10 @@ def check_record(run_dir: Path, proc: subprocess.CompletedProcess, script: str) 
     assert run["status"] == "COMPLETED" and exp["mainfile"] == script
     sources = {rel for rel, _ in exp["sources"]}
     imported = imported_project_files(proc.stderr)
-    assert {"models/grid_proto_fewshot.py", "util/trainer.py" if script == "training.py"
-            else "util/evaluate.py", "dataloaders/folds.py", "data/cards.py"} <= imported
+    assert {"models/grid_proto_fewshot.py", "util/training/loop.py" if script == "training.py"
+            else "util/validation/run.py", "dataloaders/folds.py", "data/cards.py"} <= imported
     assert imported | {script} <= sources, sorted(imported - sources)
-    for rel, stored in exp["sources"]:                              # copied into _sources/
+    for _rel, stored in exp["sources"]:                              # copied into _sources/
         assert (run_dir.parent / stored).is_file(), stored
     deps = dict(d.split("==") for d in exp["dependencies"])
     for name in REQUIRED_DEPENDENCIES:

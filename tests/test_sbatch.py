@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_standins import write_standins
-from util.signals import EXIT_INTERRUPTED
 from tests.test_launchers import MR, spec_test_argv, spec_train_argv
+from util.signals import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONTIER = ROOT / "examples" / "frontier"

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import requires_real_data
-from util.segment.align import (align_evidence, align_mask, assigned_mask, assigned_threshold,
-                                map_extent, slice_descriptors, warp_path)
+from util.segment.align import (
+    align_evidence,
+    align_mask,
+    assigned_mask,
+    assigned_threshold,
+    map_extent,
+    slice_descriptors,
+    warp_path,
+)
 from util.segment.rule import label_free_mask, masks_by_part
 
 # extent 2..7 in 3 parts (as in tests/test_segment_rule.py): z 2,3 -> 0; 4,5 -> 1; 6,7 -> 2

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.segment_dice import (FoldPlan, MarginCache, _to_f16, dice, fold_plan, markdown,
-                                     summary_markdown)
+from benchmarks.segment_dice import FoldPlan, MarginCache, _to_f16, dice, fold_plan, markdown, summary_markdown
 from data.cards import load_card
 
 CHAOS_IDS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)

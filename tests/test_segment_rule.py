@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from util.segment.calibrate import (
+    SupportEvidence,
+    best_run,
+    pixel_threshold,
+    share_threshold,
+    slice_scores,
+    support_evidence,
+)
 from util.segment.checkpoint_info import inspect_checkpoint, modelname_from_state
 from util.segment.inputs import mask_name, query_stem
-from util.segment.calibrate import (SupportEvidence, best_run, pixel_threshold, share_threshold,
-                                    slice_scores, support_evidence)
-from util.segment.rule import (combine_max, estimated_extent, label_free_mask, largest_component,
-                               masks_by_part)
+from util.segment.rule import combine_max, estimated_extent, label_free_mask, largest_component, masks_by_part
 from util.segment.volumes import Prepared, range_to_training
 
 

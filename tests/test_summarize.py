@@ -44,7 +44,8 @@ def runs(tmp_path):
     # a training run: not a validation run
     (root / "train" / "1").mkdir(parents=True)
     (root / "train" / "1" / "config.json").write_text(json.dumps({"dataset": "CHAOST2_Superpix"}), encoding="utf-8")
-    (root / "train" / "1" / "metrics.json").write_text(json.dumps({"loss": {"steps": [1], "values": [0.3]}}), encoding="utf-8")
+    (root / "train" / "1" / "metrics.json").write_text(
+        json.dumps({"loss": {"steps": [1], "values": [0.3]}}), encoding="utf-8")
     return root
 
 

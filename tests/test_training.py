@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import util.trainer as trainer
+import util.training as trainer
+import util.training.loop as training_loop
 from config_ssl_upload import ex
-from util.checkpoint import read_snapshot
-from util.config_check import check_config
-from util.distributed import DistInfo
 from tests.tinydata import build_tiny_dataset
+from util.checkpoint import read_snapshot
+from util.distributed import DistInfo
+from util.experiment.config_check import check_config
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"), None)
 
@@ -87,7 +88,7 @@ def run_train(cfg, run_dir, run=None, exp_dir=None, **model_kw):
     s = check_config(cfg)
     built = []
 
-    def factory(c):
+    def factory(model_cfg, *, pretrained):
         built.append(FakeFewShot(**model_kw))
         return built[0]
 
@@ -129,7 +130,7 @@ def test_optimizer_and_schedule(tiny):
 def test_steps_snapshots_interval_means_and_curves(tiny, tmp_path, caplog):
     cfg = config(tiny, n_steps=7, print_interval=3, save_snapshot_every=3)
     run = FakeRun()
-    with caplog.at_level(logging.INFO, logger="util.trainer"):
+    with caplog.at_level(logging.INFO, logger="util.training"):
         res, _ = run_train(cfg, tmp_path / "run", run=run)
     assert res["status"] == "completed" and res["step"] == 7
     snaps = sorted(int(p.stem) for p in (tmp_path / "run" / "snapshots").glob("*.pth"))
@@ -175,7 +176,7 @@ def test_resume_is_bit_identical(tiny, tmp_path):
 
 def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, monkeypatch):
     _, full = run_train(config(tiny, n_steps=5), tmp_path / "full")
-    real_step, calls = trainer.train_step, []
+    real_step, calls = training_loop.train_step, []
 
     def step_then_signal(*args, **kw):
         calls.append(1)
@@ -183,9 +184,9 @@ def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, m
             os.kill(os.getpid(), signal.SIGUSR1)                  # arrives during step 2
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(training_loop, "train_step", step_then_signal)
     res, _ = run_train(config(tiny, n_steps=5), tmp_path / "exp" / "1")
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(training_loop, "train_step", real_step)
     assert res["status"] == "stopped" and res["step"] == 2       # stops after the current step
     assert res["stopped_by"] == "SIGUSR1" and res["resume_from"] == res["snapshot"]
     assert res["snapshot"].endswith("2.pth") and res["n_steps"] == 5
@@ -196,14 +197,14 @@ def test_stop_signal_saves_after_the_step_and_resume_continues(tiny, tmp_path, m
 
 
 def test_failed_episodes_are_skipped_and_counted(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "episode_errors", lambda: (FakeEpisodeError,))
+    monkeypatch.setattr(training_loop, "episode_errors", lambda: (FakeEpisodeError,))
     res, model = run_train(config(tiny, n_steps=4, save_snapshot_every=10),
                            tmp_path / "run", fail_calls={2, 3})
     assert res["step"] == 4 and res["skipped_episodes"] == 2 and res["episodes_drawn"] == 6
     snap = read_snapshot(tmp_path / "run" / "snapshots" / "4.pth")
     assert snap["lr_scheduler"]["last_epoch"] == 4               # stepped only after good batches
     with pytest.raises(FakeEpisodeError):                        # other errors are not swallowed
-        monkeypatch.setattr(trainer, "episode_errors", lambda: ())
+        monkeypatch.setattr(training_loop, "episode_errors", lambda: ())
         run_train(config(tiny, n_steps=2), tmp_path / "run2", fail_calls={1})
 
 
@@ -267,8 +268,8 @@ def test_bf16_runs_the_encoder_in_bf16_and_the_head_in_fp32():
     results, logits = {}, {}
     for precision in ("fp32", "bf16"):
         model = small_fewshot().train()
-        hooks = [model.encoder.register_forward_hook(lambda m, a, out: seen["encoder"].append(out.dtype)),
-                 model.cls_unit.register_forward_hook(lambda m, a, out: seen["head"].append(out.score.dtype))]
+        hooks = [model.encoder.register_forward_hook(lambda m, a, out: seen["encoder"].append(out.dtype)),  # noqa: B023
+                 model.cls_unit.register_forward_hook(lambda m, a, out: seen["head"].append(out.score.dtype))]  # noqa: B023
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             ep = small_episode()
             logits[precision] = model(*trainer.episode_inputs(ep, torch.device("cpu"))[:4], isval=False,
@@ -298,7 +299,7 @@ def test_a_real_empty_prototype_error_skips_the_step(tiny, tmp_path, monkeypatch
     """Episodes 1 and 2 get a support whose superpixel covers the whole slice (no background
     cell): the real FewShotSeg raises EmptyPrototypeError in the query pass, the real loop skips
     those batches without stepping the optimizer or the scheduler, and counts them."""
-    real_build = trainer.build_training_dataset
+    real_build = training_loop.build_training_dataset
     broken = {1, 2}
 
     class WholeSliceSupport(torch.utils.data.Dataset):
@@ -317,11 +318,11 @@ def test_a_real_empty_prototype_error_skips_the_step(tiny, tmp_path, monkeypatch
                         shot["bg_mask"] = torch.zeros_like(shot["bg_mask"])
             return item
 
-    monkeypatch.setattr(trainer, "build_training_dataset", lambda *a, **k: WholeSliceSupport(real_build(*a, **k)))
+    monkeypatch.setattr(training_loop, "build_training_dataset", lambda *a, **k: WholeSliceSupport(real_build(*a, **k)))
     cfg = config(tiny, n_steps=3, save_snapshot_every=10)
     cfg["model"] = {**cfg["model"], **SMALL_MODEL, "feature_hw": [tiny.hw // 8] * 2}
     s = check_config(cfg)
-    with caplog.at_level(logging.WARNING, logger="util.trainer"):
+    with caplog.at_level(logging.WARNING, logger="util.training"):
         res = trainer.train(cfg, card=s.card, data_dir=s.data_dir, train_ids=s.train_ids, info=CPU,
                             run_dir=tmp_path / "run")
     assert res["step"] == 3 and res["skipped_episodes"] == 2 and res["episodes_drawn"] == 5

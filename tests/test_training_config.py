@@ -6,13 +6,13 @@ import copy
 import re
 
 import pytest
+from sacred.utils import ConfigAddedError
 
 import training  # noqa: F401,I001  (registers the command 'main'; first: it silences sacred's import warning)
 from config_ssl_upload import ex
-from sacred.utils import ConfigAddedError
-from tests.tinydata import build_tiny_dataset
 from data.cards import load_card
-from util.config_check import check_config, resolve_data_dir, unified_data_dirs
+from tests.tinydata import build_tiny_dataset
+from util.experiment.config_check import check_config, resolve_data_dir, unified_data_dirs
 from util.user_errors import UserError
 
 

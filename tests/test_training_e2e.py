@@ -14,7 +14,7 @@ import torch
 from sacred.arg_parser import get_config_updates
 
 import training  # noqa: F401  (registers the command 'main')
-import util.trainer as trainer
+import util.training.loop as training_loop
 from config_ssl_upload import ex
 from tests.tinydata import build_tiny_dataset
 from util.checkpoint import read_snapshot
@@ -78,7 +78,7 @@ def test_named_config_run_stopped_by_signal_resumes_bit_identical(tmp_path, monk
     full = ex.run("main", config_updates={**base, "exp_prefix": "full"}, named_configs=["chaos_setting2"])
     assert full.result["status"] == "completed"
 
-    real_step, calls = trainer.train_step, []
+    real_step, calls = training_loop.train_step, []
 
     def step_then_signal(*args, **kw):
         calls.append(1)
@@ -86,10 +86,10 @@ def test_named_config_run_stopped_by_signal_resumes_bit_identical(tmp_path, monk
             os.kill(os.getpid(), signal.SIGUSR1)
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(training_loop, "train_step", step_then_signal)
     with pytest.raises(TrainingInterrupted) as stop:
         ex.run("main", config_updates={**base, "exp_prefix": "cut"}, named_configs=["chaos_setting2"])
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(training_loop, "train_step", real_step)
     part = ex.current_run
     assert part.status == "INTERRUPTED" and stop.value.step == 2 and stop.value.exit_code == 3
     (cut_dir,) = [d for d in run_dirs(tmp_path / "runs") if "cut" in d.parent.name]

@@ -2,7 +2,7 @@
 through the entry points' command line gives exit status 2, exactly one ``error: ...`` line on
 stderr, no traceback, and no run directory (the mistake is found before Sacred creates a run).
 
-The table runs ``util.entry.run_command_line`` in-process (what ``training.py``/``validation.py``
+The table runs ``util.experiment.command_line.run_command_line`` in-process (what ``training.py``/``validation.py``
 call under ``__main__``); three cases run the real scripts in subprocesses."""
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ import training  # noqa: I001  (first: it silences sacred's import warning)
 import validation
 from config_ssl_upload import ex
 from tests.tinydata import build_tiny_dataset
-from util.entry import preflight, run_command_line
-from util.user_errors import (EXIT_USER_ERROR, TRACEBACK_ENV, checkpoint_problem, closest,
-                              error_line)
+from util.experiment.command_line import preflight, run_command_line
+from util.user_errors import EXIT_USER_ERROR, TRACEBACK_ENV, checkpoint_problem, closest, error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_A_CHECKPOINT_SIZE = 5000            # bytes of the random file given as a checkpoint
@@ -142,8 +141,8 @@ def test_truncated_scan_is_one_line_exit_2_no_run(tiny, files, tmp_path, monkeyp
     scan's label) is refused by the pre-flight, naming the file, before any run directory."""
     import shutil
 
-    from data.cards import load_card
-    from dataloaders.folds import scan_ids_in, split_fold
+    from data.cards import load_card, scan_ids_in
+    from dataloaders.folds import split_fold
 
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)

@@ -13,8 +13,15 @@ import torch
 
 from tests.tinydata import build_tiny_dataset, write_hwz
 from util.checkpoint import save_snapshot
-from util.protocol import (OrganMissingError, SupportScan, assign_parts, build_support,
-                           organ_z_range, predict_one_at_a_time, predict_volume)
+from util.validation.protocol import (
+    OrganMissingError,
+    SupportScan,
+    assign_parts,
+    build_support,
+    organ_z_range,
+    predict_one_at_a_time,
+    predict_volume,
+)
 
 DEPTH = 8
 MODEL = "dlfcn_res18"
@@ -100,7 +107,7 @@ def test_one_slice_at_a_time_switch_gives_the_same_validation(tiny):
     import dataclasses
 
     from dataloaders.validation_set import load_validation_set
-    from util.evaluate import EvalOptions, evaluate_snapshot
+    from util.validation import EvalOptions, evaluate_snapshot
 
     vset = load_validation_set(tiny.card, tiny.data_dir, fold=0, label_sets=0)
     vset = dataclasses.replace(vset, queries=vset.queries[:2], query_ids=vset.query_ids[:2])
@@ -208,7 +215,7 @@ def test_two_shot_prediction_is_the_hand_computed_prototype_average(tiny):
     background's local prototypes pooled over both shots, the foreground's prototype the average
     of the two shots' masked averages), and differ from the 1-shot logits."""
     from dataloaders.scans import load_scan
-    from util.protocol import encode_slices, predict_from_support
+    from util.validation.protocol import encode_slices, predict_from_support
 
     model = tiny_model()
     scans = [load_scan(tiny.card, tiny.data_dir, sid, label=True) for sid in (5, 6, 2)]

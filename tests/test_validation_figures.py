@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from util.figures import (DPI, PANEL_IN, moving_average, orientation_caption, plot_loss_curves,
-                          plot_support_query)
+from util.figures import DPI, PANEL_IN, moving_average, orientation_caption, plot_loss_curves, plot_support_query
 from util.radiological import radiological_orientation
 
 ORANGE = (255, 127, 14)         # matplotlib's second cycle colour: the moving average

@@ -1,12 +1,20 @@
-"""util.protocol bookkeeping: part fractions, support slice choice, query part assignment and the
+"""util.validation.protocol bookkeeping: part fractions, support slice choice, query part assignment and the
 counted slices (SPEC §6), by hand."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from util.protocol import (OrganMissingError, assign_parts, counted_slices, label_free_parts,
-                           organ_slices, organ_z_range, part_fractions, support_slice_indices)
+from util.validation.protocol import (
+    OrganMissingError,
+    assign_parts,
+    counted_slices,
+    label_free_parts,
+    organ_slices,
+    organ_z_range,
+    part_fractions,
+    support_slice_indices,
+)
 
 
 def test_part_fractions():

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from data.cards import load_card
 from dataloaders.scans import load_scan
 from dataloaders.validation_set import ValidationSet
-from util.evaluate import SnapshotResult, write_predictions
+from util.validation import SnapshotResult, write_predictions
 
 RAW_SIZE_XYZ = (180, 150, 9)
 RAW_SPACING = (1.6, 1.6, 6.0)

@@ -30,7 +30,7 @@ from util.io import atomic_save_torch
 
 __all__ = ["SNAPSHOT_VERSION", "SNAPSHOT_KEYS", "read_snapshot", "model_state_from",
            "load_alpnet_weights", "save_snapshot", "list_snapshots", "latest_snapshot",
-           "unwrap_model", "to_plain", "strip_module_prefix", "check_state_keys"]
+           "unwrap_model", "to_plain", "strip_module_prefix", "check_state_keys", "resolve_snapshots"]
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +255,31 @@ def _names(keys: list[str]) -> str:
     shown = ", ".join(map(str, keys[:MAX_NAMED_KEYS]))
     return shown + (f", ... ({len(keys) - MAX_NAMED_KEYS} more)" if len(keys) > MAX_NAMED_KEYS
                     else "")
+
+
+def resolve_snapshots(reload_model_path: Any) -> list[Path]:
+    """The snapshot files named by ``reload_model_path``: a file, a folder of ``<step>.pth``
+    (or a run folder holding ``snapshots/``), or a list of those, in the given order.
+
+    Raises:
+        ValueError: unset, or a folder without any ``<step>.pth``.
+        FileNotFoundError: a path that does not exist.
+    """
+    if reload_model_path in (None, "", []):
+        raise ValueError("reload_model_path is not set: validation needs a snapshot "
+                         "(reload_model_path=<run>/snapshots/<step>.pth, a snapshots folder or a list)")
+    items = [reload_model_path] if isinstance(reload_model_path, (str, os.PathLike)) else list(reload_model_path)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            folder = p / "snapshots" if (p / "snapshots").is_dir() else p
+            found = [path for _, path in list_snapshots(folder)]
+            if not found:
+                raise ValueError(f"reload_model_path {p}: no <step>.pth snapshot in {folder}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"reload_model_path {p}: no such file or folder")
+    return out

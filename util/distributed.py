@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["DistInfo", "init_distributed", "launch_rank", "launcher_name", "select_device", "is_dist",
            "get_rank", "get_world_size", "is_main_process", "barrier", "all_reduce_sum", "broadcast_object",
-           "wrap_ddp", "unwrap", "cleanup", "rendezvous_port", "srun_step_id", "PORT_BASE", "PORT_SPAN"]
+           "wrap_ddp", "cleanup", "rendezvous_port", "srun_step_id", "PORT_BASE", "PORT_SPAN"]
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +298,6 @@ def wrap_ddp(model: nn.Module, info: DistInfo, *, find_unused_parameters: bool =
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids,
                                    find_unused_parameters=find_unused_parameters)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (state_dict keys without ``module.``)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def cleanup() -> None:

@@ -24,8 +24,7 @@ from typing import Callable, Sequence
 import torch.hub
 
 from data.cli import new_parser
-from models.backbone.weights import (MODEL_NAMES, WeightsSpec, available_specs,
-                                     hub_checkpoint_dir)
+from models.backbone.weights import MODEL_NAMES, WeightsSpec, available_specs, hub_checkpoint_dir
 from util.checkpoint import read_snapshot
 
 __all__ = ["FetchReport", "select_specs", "fetch", "main"]

@@ -1,8 +1,8 @@
-"""Figures written into run folders (PNG, matplotlib's Agg canvas, no global backend switch):
+"""Figure panels written into run folders (PNG, matplotlib's Agg canvas, no global backend switch):
 
-- validation: per test organ, the support slices of every part (organ contour) and, for a query
-  scan, one slice per part with the ground-truth and predicted contours;
-- training: the loss curves (raw values and a moving average), :func:`plot_loss_curves`.
+- support/query rows of slices with their mask contours, :func:`plot_support_query` (validation's
+  per-organ figures, ``util.validation.figures``, and segment's are made of them);
+- the loss curves (raw values and a moving average), :func:`plot_loss_curves`.
 
 Every slice is drawn in the radiological display convention (anterior at the top, the patient's
 right on the image's left for axial slices), turned from the direction matrix of the scan it comes
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,11 +23,7 @@ from matplotlib.figure import Figure
 from util.io import atomic_path
 from util.radiological import DisplayOrientation, apply_orientation, radiological_orientation
 
-if TYPE_CHECKING:
-    from dataloaders.validation_set import ValidationSet
-    from util.evaluate import SnapshotResult
-
-__all__ = ["plot_loss_curves", "plot_support_query", "validation_figures", "moving_average",
+__all__ = ["plot_loss_curves", "plot_support_query", "moving_average",
            "orientation_caption"]
 
 log = logging.getLogger(__name__)
@@ -158,39 +154,3 @@ def plot_support_query(support_rows: Sequence[Sequence[SupportPanel]], query_row
     fig.set_size_inches(PANEL_IN * n_cols, PANEL_IN * n_rows + TITLE_LINE_IN * (len(lines) + 1))
     fig.suptitle("\n".join(lines), fontsize=TITLE_FONTSIZE)
     return _save(fig, out_png)
-
-
-def validation_figures(res: "SnapshotResult", vset: "ValidationSet", out_dir: str | Path) -> list[Path]:
-    """``<out_dir>/label_<c>_<NAME>.png`` per test organ: support slices of every part and shot,
-    and one slice per part (the middle of its counted slices) of the first query scan holding the
-    organ; each slice turned to radiological display by its scan's direction matrix."""
-    from util.protocol import assign_parts, organ_z_range
-
-    direction = {scan.scan_id: scan.geometry.GetDirection() for scan in [*vset.support, *vset.queries]}
-    out = []
-    for c in res.labels:
-        support = res.supports[c]
-        n_shots = support.parts[0].features.shape[0]
-        sup_rows = [[(f"support {part.slices[s][0]} z={part.slices[s][1]} (part {i})",
-                      part.images[s], part.fg[s].cpu().numpy() > 0.5, direction[part.slices[s][0]])
-                     for i, part in enumerate(support.parts)] for s in range(n_shots)]
-        query_row = []
-        for scan in vset.queries:
-            rng = organ_z_range(scan.label, c)
-            if rng is None or (scan.scan_id, c) not in res.preds:
-                continue
-            zs = np.arange(rng[0], rng[1] + 1)
-            parts = assign_parts(zs, rng[0], rng[1], support.npart)
-            pred = res.preds[(scan.scan_id, c)]
-            for i in range(support.npart):
-                in_part = zs[parts == i]
-                if in_part.size:
-                    z = int(in_part[in_part.size // 2])
-                    query_row.append((f"query {scan.scan_id} z={z} (part {i})", scan.image[..., z],
-                                      scan.label[..., z] == c, pred[z], direction[scan.scan_id]))
-            break
-        name = vset.card.labels[c]
-        step = "" if res.step is None else f", step {res.step}"
-        out.append(plot_support_query(sup_rows, query_row, f"label {c} {name}{step}",
-                                      Path(out_dir) / f"label_{c}_{name}.png"))
-    return out

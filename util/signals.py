@@ -113,7 +113,7 @@ class StopFlag:
 
 def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main: bool,
                      env: Mapping[str, str] = os.environ) -> None:
-    """After ``util.trainer.train``: on rank 0, raise ``TrainingInterrupted`` when the run was
+    """After ``util.training.train``: on rank 0, raise ``TrainingInterrupted`` when the run was
     stopped, after logging the stop and the resume command.
 
     Only rank 0 raises (and exits with ``EXIT_INTERRUPTED``); the other ranks return and exit 0.

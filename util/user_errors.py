@@ -17,10 +17,10 @@ import sys
 import traceback
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Iterable, TextIO
 
 __all__ = ["UserError", "MissingInputError", "EXIT_USER_ERROR", "TRACEBACK_ENV", "error_line",
-           "report", "closest", "did_you_mean", "flat_keys", "checkpoint_problem",
+           "report", "closest", "did_you_mean", "checkpoint_problem",
            "require_checkpoint"]
 
 EXIT_USER_ERROR = 2                     # like argparse: the command line asked for something wrong
@@ -70,18 +70,6 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """``" (did you mean X?)"`` for the closest candidate, or an empty string."""
     best = closest(word, candidates)
     return f" (did you mean {best}?)" if best else ""
-
-
-def flat_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths of every leaf of a nested mapping: ``{'a': {'b': 1}}`` -> ``['a.b']``."""
-    out: list[str] = []
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.extend(flat_keys(value, dotted + "."))
-        else:
-            out.append(dotted)
-    return out
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:

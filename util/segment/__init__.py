@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from util.segment.checkpoint_info import CheckpointInfo, build_segmenter, inspect_checkpoint
 from util.segment.inputs import SegmentRequest, mask_name, preflight
-from util.segment.rule import (DEFAULT_RULE, RULES, RuleResult, label_free_mask, predict_every_part,
-                               support_evidence)
+from util.segment.rule import DEFAULT_RULE, RULES, RuleResult, label_free_mask, predict_every_part, support_evidence
 from util.segment.run import QueryResult, SegmentReport, csv_name, segment
 
 __all__ = ["SegmentRequest", "SegmentReport", "QueryResult", "segment", "preflight",

@@ -25,9 +25,15 @@ import dataclasses
 
 import numpy as np
 
-from util.protocol import assign_parts
-from util.segment.calibrate import (SupportEvidence, best_threshold, largest_component,
-                                    part_slices_left_out, slice_scores, support_evidence)
+from util.segment.calibrate import (
+    SupportEvidence,
+    best_threshold,
+    largest_component,
+    part_slices_left_out,
+    slice_scores,
+    support_evidence,
+)
+from util.validation.protocol import assign_parts
 
 __all__ = ["GRID", "AlignEvidence", "slice_descriptors", "warp_path", "map_extent",
            "assigned_mask", "assigned_threshold", "align_evidence", "align_mask"]
@@ -91,7 +97,7 @@ def map_extent(query_desc: np.ndarray, support_desc: np.ndarray, first: int, las
 
 def assigned_mask(margins: np.ndarray, z_min: int, z_max: int, threshold: float = 0.0) -> np.ndarray:
     """Slices ``z_min..z_max`` predicted by the part the protocol assigns them
-    (``util.protocol.assign_parts``), organ where that part's margin exceeds ``threshold``;
+    (``util.validation.protocol.assign_parts``), organ where that part's margin exceeds ``threshold``;
     other slices background (Z x H x W uint8). With ``threshold`` 0 this is the protocol's mask.
 
     Args:

@@ -36,7 +36,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from util.protocol import organ_slices, support_slice_indices
+from util.validation.protocol import organ_slices, support_slice_indices
 
 __all__ = ["SupportEvidence", "Choice", "slice_scores", "support_evidence", "pixel_threshold",
            "best_threshold", "part_slices_left_out",

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from dataloaders.scans import NormStats
-from util.checkpoint import model_state_from, read_snapshot, strip_module_prefix
+from models.builder import build_model
+from models.grid_proto_fewshot import DEFAULT_CFG
+from util.checkpoint import load_alpnet_weights, model_state_from, read_snapshot, strip_module_prefix
 
 __all__ = ["CheckpointInfo", "inspect_checkpoint", "modelname_from_state", "build_segmenter",
            "DEFAULT_NPART", "DEFAULT_VAL_WSIZE", "LAYER3_BLOCKS"]
@@ -91,8 +93,6 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     config = obj.get("config") if isinstance(obj.get("config"), Mapping) else {}
     model_cfg: dict[str, Any] = {}
     if isinstance(config.get("model"), Mapping):
-        from models.grid_proto_fewshot import DEFAULT_CFG
-
         model_cfg.update({k: v for k, v in config["model"].items() if k in DEFAULT_CFG})
     named = model_cfg.get("which_model") or config.get("modelname")
     if named is not None and named != inferred:
@@ -112,10 +112,7 @@ def build_segmenter(info: CheckpointInfo, device: torch.device | str) -> torch.n
     The network is built with random initial weights (nothing pretrained is looked for: the
     checkpoint provides every weight), then loaded strictly.
     """
-    from util.checkpoint import load_alpnet_weights
-    from util.evaluate import build_model
-
-    model = build_model({"model": info.model_cfg}, torch.device("cpu"))
+    model = build_model(info.model_cfg, pretrained=False).eval()
     load_alpnet_weights(model, info.path)
     log.info("segmenter: %s from %s%s", info.modelname, info.path,
              f" (step {info.step})" if info.step is not None else "")

@@ -14,8 +14,7 @@ import torch
 
 from data.cards import Card, base_name, load_card
 from data.geometry import check_same_grid
-from dataloaders.niftiio import read_image
-from util.io import verify_image_file
+from util.io import read_image, verify_image_file
 from util.segment.checkpoint_info import CheckpointInfo, inspect_checkpoint
 from util.segment.rule import DEFAULT_RULE, RULES
 

@@ -2,7 +2,7 @@
 
 With a z-range (``--z-range ZMIN ZMAX``) the query slices are assigned to parts exactly as the
 validation protocol does it (docs/method.md, 'Validation protocol';
-``util.protocol.assign_parts``) and only the slices of the range are predicted: on a benchmark
+``util.validation.protocol.assign_parts``) and only the slices of the range are predicted: on a benchmark
 scan with its ground-truth range the mask equals the one validation scores.
 
 Without it nothing of the query but its image is used. Every query slice is predicted with the
@@ -37,10 +37,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from util.protocol import Support, encode_slices, predict_from_support
 from util.segment.align import AlignEvidence, align_evidence, align_mask, assigned_mask
-from util.segment.calibrate import (SupportEvidence, largest_component, support_evidence,
-                                    support_mask)
+from util.segment.calibrate import SupportEvidence, largest_component, support_evidence, support_mask
+from util.validation.protocol import Support, encode_slices, predict_from_support
 
 __all__ = ["RULES", "DEFAULT_RULE", "predict_every_part", "margins_every_part", "combine_max",
            "largest_component", "estimated_extent", "masks_by_part", "label_free_mask",

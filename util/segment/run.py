@@ -3,7 +3,7 @@
 
 Per call: the request is checked completely (:func:`util.segment.inputs.preflight`), the network
 is built from the checkpoint, the support scan is brought to the training geometry and its
-``n_sup_part`` support slices are encoded once (``util.protocol.build_support``); then each
+``n_sup_part`` support slices are encoded once (``util.validation.protocol.build_support``); then each
 query is preprocessed, its slices encoded once in batches, predicted (with ``--z-range`` by the
 protocol's part assignment, else by the label-free rule of :mod:`util.segment.rule`), and the mask
 written in the query's own grid, with a PNG overlay; finally one CSV line per query with the
@@ -25,17 +25,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloaders.niftiio import read_image
 from dataloaders.scans import NormStats
 from util.figures import plot_support_query
-from util.io import atomic_write_text
-from util.protocol import (Support, SupportScan, assign_parts, build_support, forward_one_slice,
-                           predict_one_at_a_time, predict_volume)
+from util.io import atomic_write_text, read_image
 from util.segment.checkpoint_info import build_segmenter
 from util.segment.inputs import Plan, SegmentRequest, mask_name, preflight, query_stem
 from util.segment.rule import align_evidence, label_free_mask, predict_every_part, support_evidence
-from util.segment.volumes import (Prepared, mask_volume_ml, normalise_prepared, prepare_query,
-                                  prepare_support, range_to_training, support_stats, write_mask)
+from util.segment.volumes import (
+    Prepared,
+    mask_volume_ml,
+    normalise_prepared,
+    prepare_query,
+    prepare_support,
+    range_to_training,
+    support_stats,
+    write_mask,
+)
+from util.validation.protocol import (
+    Support,
+    SupportScan,
+    assign_parts,
+    build_support,
+    forward_one_slice,
+    predict_one_at_a_time,
+    predict_volume,
+)
 
 __all__ = ["QueryResult", "SegmentReport", "segment", "segment_planned", "csv_name", "CSV_FIELDS"]
 
@@ -156,15 +170,33 @@ def _every_part_one_at_a_time(model: torch.nn.Module, support: Support, image_hw
     return out
 
 
-def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
-                    progress: bool = True, one_at_a_time: bool = False) -> SegmentReport:
-    """Run a checked request (:func:`util.segment.inputs.preflight`); ``model`` (eval mode, on
-    ``plan.request.device``) replaces the one built from the checkpoint (benchmarks).
+@dataclasses.dataclass
+class _Session:
+    """What every query of one request shares: the network, the prepared support and its
+    prototypes, the normalisation and (label-free rules) the support's calibration."""
+    plan: Plan
+    model: torch.nn.Module
+    device: torch.device
+    sup: Prepared
+    stats: NormStats | None
+    support: Support
+    one_at_a_time: bool
+    evidence: object = None
+    calibration_encoded: int = 0
 
-    ``one_at_a_time`` runs the original inference instead (the support images encoded again
-    for every query slice and part, ``util.protocol.forward_one_slice``): same masks, slower;
-    ``python -m benchmarks.segment`` times the two."""
-    start = time.perf_counter()
+    def every_part(self, image_hwz: np.ndarray, on_batch=None) -> np.ndarray:
+        """npart x Z x H x W margins of every slice against every part."""
+        val_wsize = self.plan.checkpoint.val_wsize
+        if self.one_at_a_time:
+            return _every_part_one_at_a_time(self.model, self.support, image_hwz, device=self.device,
+                                             val_wsize=val_wsize, on_batch=on_batch)
+        return predict_every_part(self.model, self.support, image_hwz,
+                                  batch_size=self.plan.request.batch_size, device=self.device,
+                                  val_wsize=val_wsize, on_batch=on_batch)
+
+
+def _open_session(plan: Plan, model: torch.nn.Module | None, one_at_a_time: bool) -> _Session:
+    """Build (or take) the network, prepare and normalise the support, encode its parts."""
     req, card = plan.request, plan.card
     device = torch.device(req.device)
     if model is None:
@@ -176,68 +208,83 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
     normalise_prepared(sup, card, stats)
     support = build_support(model, [SupportScan(sup.name, sup.image, sup.label)], SUPPORT_ORGAN,
                             npart, device=device)
-    support_z = [p.slices[0][1] for p in support.parts]
     log.info("support %s: label %d on training slices %s (parts of %d)", sup.name, req.label,
-             support_z, npart)
+             [p.slices[0][1] for p in support.parts], npart)
+    return _Session(plan, model, device, sup, stats, support, one_at_a_time)
 
-    def every_part(image_hwz: np.ndarray, on_batch=None) -> np.ndarray:
-        """npart x Z x H x W margins of every slice against every part."""
-        if one_at_a_time:
-            return _every_part_one_at_a_time(model, support, image_hwz, device=device,
-                                             val_wsize=plan.checkpoint.val_wsize, on_batch=on_batch)
-        return predict_every_part(model, support, image_hwz, batch_size=req.batch_size,
-                                  device=device, val_wsize=plan.checkpoint.val_wsize,
-                                  on_batch=on_batch)
 
-    evidence, calibration_encoded = None, 0
-    if req.z_range is None and req.rule in CALIBRATED:   # the support's own slices as queries
-        margins, truth = every_part(sup.image), np.moveaxis(sup.label, -1, 0) > 0
-        if req.rule == "align":
-            evidence = align_evidence(margins, truth, np.moveaxis(sup.image, -1, 0))
-            scores = evidence.scores
-        else:
-            evidence = scores = support_evidence(margins, truth)
-        calibration_encoded = sup.n_slices
-        log.info("support %s calibrated: slice score threshold %.2f (balanced accuracy %.2f on "
-                 "its own %d slices)", sup.name, scores.threshold, scores.accuracy, sup.n_slices)
-    out = Path(req.out)
+def _calibrate(session: _Session) -> None:
+    """Label-free rules: the support's own slices as queries give the evidence its thresholds
+    are calibrated on (``--z-range`` and the uncalibrated rules need none)."""
+    req, sup = session.plan.request, session.sup
+    if req.z_range is not None or req.rule not in CALIBRATED:
+        return
+    margins, truth = session.every_part(sup.image), np.moveaxis(sup.label, -1, 0) > 0
+    if req.rule == "align":
+        session.evidence = align_evidence(margins, truth, np.moveaxis(sup.image, -1, 0))
+        scores = session.evidence.scores
+    else:
+        session.evidence = scores = support_evidence(margins, truth)
+    session.calibration_encoded = sup.n_slices
+    log.info("support %s calibrated: slice score threshold %.2f (balanced accuracy %.2f on "
+             "its own %d slices)", sup.name, scores.threshold, scores.accuracy, sup.n_slices)
+
+
+def _segment_query(session: _Session, path: Path, bar: tqdm) -> tuple[QueryResult, int]:
+    """One query scan: its mask (``--z-range`` or the label-free rule), written with its volume
+    and overlay; the result and the number of slices encoded."""
+    req, card, plan = session.plan.request, session.plan.card, session.plan
+    scan = prepare_query(read_image(path), card, preprocessed=req.preprocessed, name=query_stem(path))
+    normalise_prepared(scan, card, session.stats)
+    if req.z_range is not None:
+        rng = range_to_training(scan, req.z_range)
+        bar.total += rng[1] - rng[0] + 1
+        bar.refresh()
+        mask = _predict_range(session.model, session.support, scan, rng, plan, session.device, bar,
+                              session.one_at_a_time)
+        how, used, n_enc = "z-range", rng, rng[1] - rng[0] + 1
+    else:
+        bar.total += scan.n_slices
+        bar.refresh()
+        chosen = label_free_mask(session.every_part(scan.image, bar.update), req.rule, session.evidence,
+                                 np.moveaxis(scan.image, -1, 0))
+        mask, used = chosen.mask, chosen.extent
+        how, n_enc = f"label-free {chosen.how}", scan.n_slices
+        if not chosen.found:
+            log.warning("%s: label %d not found, its mask is empty (%s)", scan.name, req.label, chosen.how)
+    target = Path(req.out) / mask_name(path, req.label)
+    written = write_mask(mask, scan, req.label, target)
+    voxels, ml = mask_volume_ml(written)
+    png = None
+    if req.overlay_slices > 0:
+        png = _overlay(session.support, session.sup, scan, mask, req.label, req.overlay_slices,
+                       target.with_name(target.name[: -len(".nii.gz")] + ".png"))
+    log.info("%s: %d voxels, %.1f mL (%s)", target, voxels, ml, how)
+    return QueryResult(path, target, png, int(req.label), voxels, ml, scan.n_slices, used, how), n_enc
+
+
+def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
+                    progress: bool = True, one_at_a_time: bool = False) -> SegmentReport:
+    """Run a checked request (:func:`util.segment.inputs.preflight`); ``model`` (eval mode, on
+    ``plan.request.device``) replaces the one built from the checkpoint (benchmarks).
+
+    ``one_at_a_time`` runs the original inference instead (the support images encoded again
+    for every query slice and part, ``util.validation.protocol.forward_one_slice``): same masks, slower;
+    ``python -m benchmarks.segment`` times the two."""
+    start = time.perf_counter()
+    session = _open_session(plan, model, one_at_a_time)
+    _calibrate(session)
     results: list[QueryResult] = []
     encoded = 0
     with tqdm(total=0, unit="slice", desc="segment", disable=not progress) as bar:
         for path in plan.queries:
-            scan = prepare_query(read_image(path), card, preprocessed=req.preprocessed,
-                                 name=query_stem(path))
-            normalise_prepared(scan, card, stats)
-            if req.z_range is not None:
-                rng = range_to_training(scan, req.z_range)
-                bar.total += rng[1] - rng[0] + 1
-                bar.refresh()
-                mask = _predict_range(model, support, scan, rng, plan, device, bar, one_at_a_time)
-                how, used, n_enc = "z-range", rng, rng[1] - rng[0] + 1
-            else:
-                bar.total += scan.n_slices
-                bar.refresh()
-                chosen = label_free_mask(every_part(scan.image, bar.update), req.rule, evidence,
-                                         np.moveaxis(scan.image, -1, 0))
-                mask, used = chosen.mask, chosen.extent
-                how, n_enc = f"label-free {chosen.how}", scan.n_slices
-                if not chosen.found:
-                    log.warning("%s: label %d not found, its mask is empty (%s)", scan.name,
-                                req.label, chosen.how)
+            result, n_enc = _segment_query(session, path, bar)
+            results.append(result)
             encoded += n_enc
-            target = out / mask_name(path, req.label)
-            written = write_mask(mask, scan, req.label, target)
-            voxels, ml = mask_volume_ml(written)
-            png = None
-            if req.overlay_slices > 0:
-                png = _overlay(support, sup, scan, mask, req.label, req.overlay_slices,
-                               target.with_name(target.name[: -len(".nii.gz")] + ".png"))
-            results.append(QueryResult(path, target, png, int(req.label), voxels, ml,
-                                       scan.n_slices, used, how))
-            log.info("%s: %d voxels, %.1f mL (%s)", target, voxels, ml, how)
-    csv_path = write_csv(results, out / csv_name(req.label))
-    return SegmentReport(results, csv_path, support_z, npart + calibration_encoded, encoded,
-                         time.perf_counter() - start)
+    csv_path = write_csv(results, Path(plan.request.out) / csv_name(plan.request.label))
+    support_z = [p.slices[0][1] for p in session.support.parts]
+    return SegmentReport(results, csv_path, support_z, plan.checkpoint.npart + session.calibration_encoded,
+                         encoded, time.perf_counter() - start)
 
 
 def write_csv(results: list[QueryResult], target: Path) -> Path:

@@ -13,12 +13,13 @@ import fnmatch
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from util.checkpoint import list_snapshots, load_alpnet_weights, to_plain
+from util.config_keys import leaves
 from util.distributed import broadcast_object
 from util.rng import set_rng_states
 
@@ -119,15 +120,6 @@ def resume_policy(key: str) -> tuple[str, str]:
     return REFUSED, "not in the resume table"
 
 
-def _flat(cfg: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf; nested dicts are descended into."""
-    for key, value in cfg.items():
-        if isinstance(value, Mapping):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _plain(value: Any) -> Any:
     """Tuples as lists (a snapshot may hold either)."""
     if isinstance(value, (list, tuple)):
@@ -145,9 +137,9 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], path: st
     Raises:
         ValueError: naming every refused key with its value in the snapshot and now.
     """
-    now = {k: _plain(v) for k, v in _flat(to_plain(dict(new)))}
+    now = {k: _plain(v) for k, v in leaves(to_plain(dict(new)))}
     problems = []
-    for key, was in _flat(old):
+    for key, was in leaves(old):
         if key not in now or _plain(was) == now[key]:
             continue
         policy, why = resume_policy(key)

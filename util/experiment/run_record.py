@@ -47,7 +47,7 @@ def record_run_sources(ex: Any, command_name: str) -> None:
         ex: the Sacred experiment (its ``base_dir`` is the repository root).
         command_name: the command being run (e.g. 'main' of training.py).
     """
-    from sacred.dependencies import PackageDependency, Source   # only entry points need sacred
+    from sacred.dependencies import PackageDependency, Source  # only entry points need sacred
 
     command = ex.commands.get(command_name)
     module = sys.modules.get(getattr(command, "__module__", "") or "")

@@ -21,10 +21,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from data.cards import SUPERPIX_SUFFIX, Card, base_name, is_superpix, load_card
+from data.cards import SUPERPIX_SUFFIX, Card, base_name, is_superpix, load_card, scan_ids_in
 from dataloaders.augment import AUG_PRESETS
-from dataloaders.folds import (check_label_list, n_folds, scan_ids_in, split_fold,
-                               support_scan_ids, test_labels)
+from dataloaders.folds import check_label_list, n_folds, split_fold, support_scan_ids, test_labels
 from util.io import CorruptImageError, verify_image_files
 from util.user_errors import MissingInputError, UserError, require_checkpoint
 
@@ -290,8 +289,13 @@ def check_config(cfg: Mapping[str, Any], *, check_files: bool = True) -> ConfigS
 
 def _check_init_weights(cfg: Mapping[str, Any]) -> None:
     """The pretrained weights a fresh training run starts from are cached."""
-    from models.backbone.weights import (MODEL_NAMES, MissingWeightsError, available_specs,
-                                         require_init_weights, resolve_init)
+    from models.backbone.weights import (
+        MODEL_NAMES,
+        MissingWeightsError,
+        available_specs,
+        require_init_weights,
+        resolve_init,
+    )
 
     model = cfg["modelname"]
     if model not in MODEL_NAMES:
@@ -329,7 +333,7 @@ def check_run(cfg: Mapping[str, Any], mode: str = "train") -> ConfigSummary:
         if starts_fresh:
             _check_init_weights(cfg)
         return summary
-    from util.evaluate import resolve_snapshots
+    from util.checkpoint import resolve_snapshots
 
     reload = cfg.get("reload_model_path")
     items = [reload] if isinstance(reload, (str, os.PathLike)) else list(reload or [])

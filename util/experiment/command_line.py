@@ -9,7 +9,7 @@ Before Sacred creates a run (and its run directory), :func:`run_command_line`
 3. computes the config through Sacred itself, with the unobserved command ``resolve_config``
    (config scopes, named configs and config hooks, no observer, nothing written; the data
    keys stay as given, so errors name the key the user set);
-4. runs the entry point's check on it (``util.config_check.check_run``).
+4. runs the entry point's check on it (``util.experiment.config_check.check_run``).
 
 A mistake found there is printed as one ``error: ...`` line and the process exits with status
 2 (docs/training.md, "Mistakes and exit codes"); otherwise ``ex.run_commandline`` runs the
@@ -26,10 +26,11 @@ from docopt import DocoptExit, docopt
 from sacred.arg_parser import get_config_updates
 from sacred.utils import SacredError
 
-from util.config_check import unified_data_dirs
+from util.config_keys import all_keys, leaf_keys, lookup
+from util.experiment.config_check import unified_data_dirs
 from util.log import plain_console
 from util.signals import TrainingInterrupted
-from util.user_errors import UserError, did_you_mean, flat_keys, report
+from util.user_errors import UserError, did_you_mean, report
 
 __all__ = ["run_command_line", "preflight", "EXIT_OK", "RESOLVE_COMMAND"]
 
@@ -55,22 +56,6 @@ def _parse(ex: Any, argv: Sequence[str]) -> tuple[str, dict, list[str]] | None:
     return command, updates, named
 
 
-def _all_paths(tree: Mapping[str, Any]) -> set[str]:
-    """Every dotted key of a nested mapping, groups included (``task`` and ``task.n_ways``)."""
-    out: set[str] = set()
-    for leaf in flat_keys(tree):
-        parts = leaf.split(".")
-        out.update(".".join(parts[: i + 1]) for i in range(len(parts)))
-    return out
-
-
-def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def _check_value_type(key: str, value: Any, default: Any) -> None:
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -90,12 +75,12 @@ def _check_names(ex: Any, updates: Mapping[str, Any], named: Sequence[str], scri
             raise UserError(f"unknown named config {name}{did_you_mean(name, ex.named_configs)}: "
                             f"`python3 {script} print_named_configs` lists them")
     defaults = ex.configurations[0]()
-    known = _all_paths(defaults)
-    for key in flat_keys(updates):
+    known = all_keys(defaults)
+    for key in leaf_keys(updates):
         if key not in known:
-            raise UserError(f"unknown config key {key}{did_you_mean(key, flat_keys(defaults))}: "
+            raise UserError(f"unknown config key {key}{did_you_mean(key, leaf_keys(defaults))}: "
                             f"`python3 {script} print_config` lists every key")
-        _check_value_type(key, _lookup(updates, key), _lookup(defaults, key))
+        _check_value_type(key, lookup(updates, key), lookup(defaults, key))
 
 
 def _resolve(ex: Any, updates: dict, named: list[str]) -> Mapping[str, Any]:
