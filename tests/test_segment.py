@@ -307,3 +307,34 @@ def test_label_free_rule_finds_the_organ_slices(rule_scans, r18_ckpt, tmp_path, 
     rows = list(csv.DictReader((tmp_path / "out" / "volumes_label1.csv").open(encoding="utf-8")))
     assert rows[0]["predicted_range"] == f"{found.predicted_range[0]}-{found.predicted_range[1]}"
     assert rows[1]["predicted_range"] == "" and "not found" in rows[1]["how"]
+
+
+def test_bf16_segments_as_fp32_does(rule_scans, r18_ckpt, tmp_path, monkeypatch):
+    """``--precision bf16``: the encoder runs under bf16 autocast (seen by a forward hook) and
+    the written mask matches the fp32 one (Dice >= 0.95, the same predicted slice range within
+    one slice); a precision that is not offered is refused by the pre-flight."""
+    from util.segment import checkpoint_info
+
+    sup_img, sup_lab = rule_scans["support"]
+    req = dict(checkpoint=r18_ckpt, support_image=sup_img, support_label=sup_lab, label=1,
+               dataset="SEGTEST", overlay_slices=0, queries=(rule_scans["query"][0],))
+    dtypes = []
+    build = checkpoint_info.build_model
+
+    def spying(model_cfg, **kw):
+        model = build(model_cfg, **kw)
+        model.encoder.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(checkpoint_info, "build_model", spying)
+    fp32 = segment(SegmentRequest(**req, out=tmp_path / "fp32"), progress=False).results[0]
+    assert set(dtypes) == {torch.float32}
+    dtypes.clear()
+    bf16 = segment(SegmentRequest(**req, out=tmp_path / "bf16", precision="bf16"), progress=False).results[0]
+    assert set(dtypes) == {torch.bfloat16}
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(r.mask))) for r in (fp32, bf16))
+    assert a.any() and _dice(a, b) >= 0.95
+    assert all(abs(x - y) <= 1 for x, y in zip(fp32.predicted_range, bf16.predicted_range))
+    with pytest.raises(ValueError, match="--precision fp16"):
+        segment(SegmentRequest(**req, out=tmp_path / "bad", precision="fp16"), progress=False)
+    assert not (tmp_path / "bad").exists()

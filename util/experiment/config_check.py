@@ -21,9 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from data.cards import SUPERPIX_SUFFIX, Card, base_name, is_superpix, load_card, scan_ids_in
 from dataloaders.augment import AUG_PRESETS
 from dataloaders.folds import check_label_list, n_folds, split_fold, support_scan_ids, test_labels
+from util.backends import PRECISIONS, compile_problem
 from util.io import CorruptImageError, verify_image_files
 from util.user_errors import MissingInputError, UserError, require_checkpoint
 
@@ -32,7 +35,6 @@ __all__ = ["ConfigSummary", "check_config", "check_run", "validate_config", "res
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
 OPTIM_TYPES = ("sgd",)
 POSITIVE_KEYS = ("batch_size", "print_interval", "save_snapshot_every", "max_iters_per_load")
 INT_KEYS = ("seed", "n_steps", "batch_size", "print_interval", "save_snapshot_every",
@@ -129,6 +131,10 @@ def _check_options(cfg: Mapping[str, Any], card: Card, training: bool) -> None:
         raise _fail(f"which_aug={cfg['which_aug']!r} is not a preset; choose one of {sorted(AUG_PRESETS)}")
     if cfg.get("precision", "fp32") not in PRECISIONS:
         raise _fail(f"precision={cfg.get('precision')!r}: choose one of {list(PRECISIONS)}")
+    if training and cfg.get("compile", False):
+        problem = compile_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        if problem:
+            raise _fail(f"compile=True: {problem}; or run with compile=False")
     if cfg["optim_type"] not in OPTIM_TYPES:
         raise _fail(f"optim_type={cfg['optim_type']!r}: only {list(OPTIM_TYPES)} is implemented")
     task = cfg["task"]

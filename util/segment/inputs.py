@@ -14,6 +14,7 @@ import torch
 
 from data.cards import Card, base_name, load_card
 from data.geometry import check_same_grid
+from util.backends import PRECISIONS
 from util.io import read_image, verify_image_file
 from util.segment.checkpoint_info import CheckpointInfo, inspect_checkpoint
 from util.segment.rule import DEFAULT_RULE, RULES
@@ -51,6 +52,7 @@ class SegmentRequest:
     rule: str = DEFAULT_RULE
     norm_stats: tuple[float, float] | None = None
     overlay_slices: int = 4
+    precision: str = "fp32"            # 'bf16': autocast (docs/segment.md, 'Speed')
 
 
 @dataclasses.dataclass
@@ -141,6 +143,8 @@ def _check_options(req: SegmentRequest, problems: _Problems) -> None:
         problems.add(ValueError(f"--label {req.label}: the organ's label value must be at least 1"))
     if int(req.batch_size) < 1:
         problems.add(ValueError(f"--batch-size {req.batch_size}: must be at least 1"))
+    if req.precision not in PRECISIONS:
+        problems.add(ValueError(f"--precision {req.precision}: choose one of {', '.join(PRECISIONS)}"))
     try:
         device = torch.device(req.device)
         if device.type == "cuda" and not torch.cuda.is_available():

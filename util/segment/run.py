@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from dataloaders.scans import NormStats
+from util.backends import autocast
 from util.figures import plot_support_query
 from util.io import atomic_write_text, read_image
 from util.segment.checkpoint_info import build_segmenter
@@ -272,19 +273,26 @@ def segment_planned(plan: Plan, model: torch.nn.Module | None = None, *,
     for every query slice and part, ``util.validation.protocol.forward_one_slice``): same masks, slower;
     ``python -m benchmarks.segment`` times the two."""
     start = time.perf_counter()
-    session = _open_session(plan, model, one_at_a_time)
-    _calibrate(session)
-    results: list[QueryResult] = []
-    encoded = 0
-    with tqdm(total=0, unit="slice", desc="segment", disable=not progress) as bar:
-        for path in plan.queries:
-            result, n_enc = _segment_query(session, path, bar)
-            results.append(result)
-            encoded += n_enc
+    with autocast(torch.device(plan.request.device), plan.request.precision):
+        session = _open_session(plan, model, one_at_a_time)
+        _calibrate(session)
+        results, encoded = _segment_queries(session, progress)
     csv_path = write_csv(results, Path(plan.request.out) / csv_name(plan.request.label))
     support_z = [p.slices[0][1] for p in session.support.parts]
     return SegmentReport(results, csv_path, support_z, plan.checkpoint.npart + session.calibration_encoded,
                          encoded, time.perf_counter() - start)
+
+
+def _segment_queries(session: _Session, progress: bool) -> tuple[list[QueryResult], int]:
+    """Every query of the plan, under one progress bar; the results and the slices encoded."""
+    results: list[QueryResult] = []
+    encoded = 0
+    with tqdm(total=0, unit="slice", desc="segment", disable=not progress) as bar:
+        for path in session.plan.queries:
+            result, n_enc = _segment_query(session, path, bar)
+            results.append(result)
+            encoded += n_enc
+    return results, encoded
 
 
 def write_csv(results: list[QueryResult], target: Path) -> Path:

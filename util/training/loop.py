@@ -23,7 +23,7 @@ from torch import nn
 from dataloaders.episodes import episode_loader
 from dataloaders.training_set import build_training_dataset
 from models.builder import build_model
-from util.backends import apply_compute_settings
+from util.backends import apply_compute_settings, compile_problem, precision_note
 from util.checkpoint import load_alpnet_weights, save_snapshot
 from util.distributed import DistInfo, broadcast_object, wrap_ddp
 from util.experiment.run_record import record_snapshot
@@ -40,7 +40,7 @@ from util.training.step import (
     train_step,
 )
 
-__all__ = ["train", "CURVES_PNG", "MAX_CONSECUTIVE_SKIPS"]
+__all__ = ["train", "compile_encoder", "CURVES_PNG", "MAX_CONSECUTIVE_SKIPS"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
     device, is_main = info.device, info.rank == 0
     if device.type == "cpu":
         log.info("no GPU in use: training on the CPU")
+    log.info("%s", precision_note(device, str(cfg["precision"])))
     # strict on the CPU, warn-only on GPUs; cudnn.benchmark per backend; restored afterwards
     restore_settings = apply_compute_settings(deterministic=bool(cfg["deterministic"]), device=device)
     try:
@@ -82,6 +83,8 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
         pretrained = resume is None and not cfg.get("reload_model_path")
         model = (model_factory or build_model)(cfg["model"], pretrained=pretrained).to(device)
         model.train()
+        if cfg.get("compile", False):
+            compile_encoder(model, device)
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg)
         state = TrainState()
@@ -96,6 +99,20 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
                          run_dir=Path(run_dir) if (run_dir and is_main) else None)
     finally:
         restore_settings()
+
+
+def compile_encoder(model: nn.Module, device: torch.device) -> None:
+    """``torch.compile`` the encoder in place (``Module.compile``: parameter names, snapshots and
+    DDP are unchanged; the first steps compile, later ones run the compiled code).
+
+    Raises:
+        RuntimeError: compilation cannot run here (says why).
+    """
+    problem = compile_problem(device)
+    if problem:
+        raise RuntimeError(f"compile=True: {problem}")
+    log.info("compile=True: the encoder is compiled at its first steps (a minute or more on a CPU)")
+    model.encoder.compile()
 
 
 @dataclasses.dataclass

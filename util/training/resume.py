@@ -48,6 +48,7 @@ RESUME_KEYS: dict[str, tuple[str, str]] = {
     "gpu_id": (MAY_CHANGE, "device choice"),
     "deterministic": (MAY_CHANGE, "decides whether the continuation is bit-identical"),
     "precision": (MAY_CHANGE, "arithmetic of the continuation (fp32/bf16)"),
+    "compile": (MAY_CHANGE, "how the encoder is executed, not what it computes"),
     "resume": (MAY_CHANGE, "how the snapshot is found"),
     "resume_from": (MAY_CHANGE, "how the snapshot is found"),
     "reload_model_path": (MAY_CHANGE, _WEIGHTS), "model.reload_model_path": (MAY_CHANGE, _WEIGHTS),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.alpmodule import EmptyPrototypeError
+from util.backends import autocast
 from util.checkpoint import unwrap_model
 from util.distributed import is_dist
 
@@ -136,7 +137,7 @@ def train_step(model: nn.Module, episode: Mapping[str, Any], optimizer: torch.op
     optimizer.zero_grad(set_to_none=True)
     failed, values, total, align_failed = False, [math.nan, math.nan], None, []
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             out = model(supp, fg, bg, qry, isval=False, val_wsize=None)
         total, query, align = loss(out[0], labels, out[1], criterion)
         values = torch.stack([query.detach(), align.detach().reshape(())]).tolist()

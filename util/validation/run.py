@@ -13,7 +13,6 @@ give exactly the numbers of one.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -26,6 +25,7 @@ from data.cards import base_name, load_card
 from dataloaders.scans import Scan
 from dataloaders.validation_set import ValidationSet, load_validation_set
 from models.builder import build_model
+from util.backends import PRECISIONS, autocast
 from util.checkpoint import load_alpnet_weights, resolve_snapshots
 from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from util.io import spacing_zyx
@@ -73,8 +73,8 @@ class EvalOptions:
                               ("val_wsize", self.val_wsize, 1), ("val_batch_size", self.batch_size, 1)):
             if int(val) < low:
                 raise ValueError(f"{key}={val}: must be at least {low}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={self.precision!r}: expected 'fp32' or 'bf16'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {list(PRECISIONS)}")
         return self
 
 
@@ -102,12 +102,6 @@ def load_snapshot(model: torch.nn.Module, path: Path, config: Mapping[str, Any])
 
 
 # ---------------------------------------------------------------- the protocol
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
 
 def _present_labels(scan: Scan, vset: ValidationSet) -> dict[int, tuple[int, int]]:
     """The test organs ``scan`` holds, with their first and last slice; a warning for each missing."""
@@ -196,7 +190,7 @@ def evaluate_snapshot(model: torch.nn.Module, vset: ValidationSet, opts: EvalOpt
     metric = Metric(max_label=vset.card.n_classes - 1, n_scans=max(n_q, 1))
     valid = np.zeros((n_q, len(labels)), dtype=bool)
     preds: dict[tuple[int, int], np.ndarray] = {}
-    with _autocast(device, opts.precision):
+    with autocast(device, opts.precision):
         supports = {c: build_support(model, sup_scans, c, opts.npart, device=device) for c in labels}
         for qi, scan in enumerate(vset.queries):
             ranges = _present_labels(scan, vset)
