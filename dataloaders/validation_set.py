@@ -37,17 +37,27 @@ class ValidationSet:
     stats: NormStats | None = None
 
 
-def choose_support_ids(val_ids: Sequence[int], support_idx: Sequence[int], n_shots: int) -> list[int]:
-    """Support scans: ``support_idx`` when it names ``n_shots`` scans; the default ``[-1]`` with
+def choose_support_ids(val_ids: Sequence[int], support_idx: Sequence[int], n_shots: int, *,
+                       where: str = "this fold") -> list[int]:
+    """Support scans, all from the fold's validation scans ``val_ids``, leaving at least one of
+    them a query: ``support_idx`` when it names ``n_shots`` scans; the default ``[-1]`` with
     ``n_shots`` > 1 takes the last ``n_shots`` scans of the validation list.
 
+    Args:
+        where: names the fold in messages (``fold 0 of CHAOST2``).
     Raises:
-        ValueError: ``n_shots`` < 1, an index out of range, repeated scans, or a ``support_idx``
-            whose length differs from ``n_shots``.
+        ValueError: ``n_shots`` < 1 or more than the fold allows (``len(val_ids) - 1``, said in
+            the message), an index out of range, repeated scans, or a ``support_idx`` whose
+            length differs from ``n_shots``.
     """
     n_shots = int(n_shots)
     if n_shots < 1:
         raise ValueError(f"task.n_shots={n_shots}: need at least one support scan")
+    allowed = len(val_ids) - 1
+    if n_shots > allowed:
+        raise ValueError(f"task.n_shots={n_shots}: {where} has {len(val_ids)} validation scans "
+                         f"{list(val_ids)}; the supports come from them and at least one stays a "
+                         f"query, so it allows at most {allowed} shot(s) (task.n_shots=1..{allowed})")
     idx = [int(i) for i in support_idx]
     if len(idx) != n_shots:
         if tuple(idx) == DEFAULT_SUPPORT_IDX:
@@ -94,8 +104,11 @@ def load_validation_set(card: Card, data_dir: str | Path, *, fold: int, label_se
     data_dir = Path(data_dir)
     labels = test_labels(card, label_sets)
     ids = scan_ids_in(card, data_dir)
-    val_ids, train_ids = split_fold(card, ids, fold, n_shots)
-    support_ids = choose_support_ids(val_ids, support_idx, n_shots)
+    # the fold's validation scans do not grow with n_shots: the supports come from them
+    # (docs/validation.md, 'Several shots'), never from the scans the network trained on
+    val_ids, train_ids = split_fold(card, ids, fold)
+    support_ids = choose_support_ids(val_ids, support_idx, n_shots,
+                                     where=f"fold {fold} of {card.name}")
     query_ids = [i for i in val_ids if i not in support_ids]
     stats = fold_norm_stats(card, stats_dir or data_dir, train_ids)
 

@@ -173,20 +173,21 @@ def test_several_snapshots_logged_with_their_step(tiny, snapshots, single_run, t
 
 
 def test_two_shot_uses_two_support_scans(tiny, snapshots, tmp_path):
-    """fold 0 with 2 shots: validation list 1..6, supports 5 and 6, queries 1..4; scans read
-    by 2 threads give exactly the metrics and predictions of reading them one after the other."""
+    """fold 0 with 2 shots: the fold's validation list stays 1..5 (4 scans + 1), supports 4 and
+    5, queries 1..3 (the supports never come from training scans); scans read by 2 threads
+    give exactly the metrics and predictions of reading them one after the other."""
     runs = {}
     for workers in (2, 0):
         run, run_dir, metrics = run_validation_exp(tiny, tmp_path / f"w{workers}", snapshots / "10.pth",
                                                    write_figures=False, task={"n_shots": 2},
                                                    num_workers=workers)
-        assert np.array(metrics["mar_val_batches_rawDice"]["values"][0]).shape == (4, 2)
+        assert np.array(metrics["mar_val_batches_rawDice"]["values"][0]).shape == (3, 2)
         assert run.config["task"]["n_shots"] == 2 and run.config["num_workers"] == workers
         preds = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
                  for p in sorted((run_dir / "interm_preds").glob("*.nii.gz"))}
         runs[workers] = ({k: v["values"] for k, v in metrics.items()}, preds)
     assert runs[2][0] == runs[0][0]
-    assert runs[2][1].keys() == runs[0][1].keys() and len(runs[0][1]) == 8
+    assert runs[2][1].keys() == runs[0][1].keys() and len(runs[0][1]) == 3 * 2   # queries x organs
     assert all(np.array_equal(runs[2][1][k], runs[0][1][k]) for k in runs[0][1])
 
 

@@ -26,6 +26,7 @@ import torch
 from data.cards import SUPERPIX_SUFFIX, Card, base_name, is_superpix, load_card, scan_ids_in
 from dataloaders.augment import AUG_PRESETS
 from dataloaders.folds import check_label_list, n_folds, split_fold, support_scan_ids, test_labels
+from dataloaders.validation_set import choose_support_ids
 from util.backends import PRECISIONS, compile_problem
 from util.io import CorruptImageError, verify_image_files
 from util.user_errors import MissingInputError, UserError, require_checkpoint
@@ -274,8 +275,14 @@ def _validate(cfg: Mapping[str, Any], card: Card, check_files: bool) -> ConfigSu
     if not 0 <= int(cfg["eval_fold"]) < n_folds(card, len(ids)):
         raise _fail(f"eval_fold={cfg['eval_fold']} is out of range: dataset {card.name} has "
                     f"{n_folds(card, len(ids))} folds (0..{n_folds(card, len(ids)) - 1})")
-    val_ids, train_ids = split_fold(card, ids, int(cfg["eval_fold"]), int(cfg["task"]["n_shots"]))
-    supports = support_scan_ids(val_ids, list(cfg["support_idx"]))
+    fold, n_shots = int(cfg["eval_fold"]), int(cfg["task"]["n_shots"])
+    if training:        # the original's training split (n_shots more scans kept out of training)
+        val_ids, train_ids = split_fold(card, ids, fold, n_shots)
+        supports = support_scan_ids(val_ids, list(cfg["support_idx"]))
+    else:               # validation: supports from the fold's validation scans, one query left
+        val_ids, train_ids = split_fold(card, ids, fold)
+        supports = choose_support_ids(val_ids, list(cfg["support_idx"]), n_shots,
+                                      where=f"fold {fold} of {card.name}")
     if training and not train_ids:
         raise _fail(f"eval_fold={cfg['eval_fold']} leaves no training scan in {data_dir}")
     if check_files:
