@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import AGREEMENT, load_note
+from benchmarks.common import AGREEMENT, all_rows, load_note
 
 BENCHMARKS = ("pseudolabels", "metric", "validation", "train_step", "segment", "ddp_scaling")
 REAL_DATA_BENCHMARKS = ("validation",)      # rows skipped (with the reason) without the real scans
@@ -44,7 +44,7 @@ def collect(names: list[str], quick: bool) -> list[dict]:
         result = module.run(quick=quick)
         result.setdefault("name", name)
         result["seconds"] = time.perf_counter() - start
-        rows.append(result)
+        rows.extend(all_rows(result))
     return rows
 
 

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 __all__ = ["Timings", "alternate", "row", "skipped_row", "load_note", "print_row", "exit_code",
-           "REAL_DATA_ABSENT", "AGREEMENT", "real_chaos_dir", "real_data_reason", "free_port", "sync"]
+           "REAL_DATA_ABSENT", "AGREEMENT", "all_rows", "real_chaos_dir", "real_data_reason", "free_port", "sync"]
 
 REAL_DATA_ABSENT = "real CHAOS scans absent"   # the only reason a row may be skipped
 AGREEMENT = {True: "ok", False: "FAILED", None: "not run"}   # a row's ``agree``, as printed
@@ -92,6 +92,13 @@ def skipped_row(name: str, what: str, target: str) -> dict:
             "check": "not run", "details": f"{REAL_DATA_ABSENT}: {real_data_reason()}"}
 
 
+def all_rows(res: dict) -> list[dict]:
+    """A benchmark's row followed by its ``extra_rows`` (further measurements of the same
+    module, e.g. the precision rows of ``train_step``), each a complete row of its own."""
+    main = {k: v for k, v in res.items() if k != "extra_rows"}
+    return [main, *res.get("extra_rows", [])]
+
+
 def print_row(res: dict) -> None:
     """One line for ``python -m benchmarks.<name>``."""
     ratio = res["ratio"]
@@ -137,5 +144,7 @@ def bench_main(module: str, doc: str, run: Callable[..., dict], argv: list[str] 
     args = p.parse_args(argv)
     extra = {"jobs": args.jobs} if jobs else {}
     res = run(quick=args.quick, rounds=args.rounds, **extra)
-    print_row(res)
-    return exit_code(res)
+    rows = all_rows(res)
+    for r in rows:
+        print_row(r)
+    return max(exit_code(r) for r in rows)

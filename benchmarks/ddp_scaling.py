@@ -11,13 +11,17 @@ process is also measured with one thread: the ratio uses the faster of the two).
 and 2-rank runs alternate (1, 2, 1, 2, ... in full mode).
 
 Sizes: ResNet-18 (``dlfcn_res18``) on 128 x 128 slices on the CPU (quick mode: 64 x 64, one
-warm-up and one timed step), ResNet-101 on 256 x 256 on GPUs; a 1-way 1-shot episode whose
-support and query are both an ``hw/2`` x ``hw/2`` bright square on uniform noise, the square in
-the top-left corner of both. Every rank trains the same episode, so DDP's average of the ranks'
-gradients equals the single process's gradient: the weights after the run must agree with the
-single process's (per-tensor sums within a float tolerance; the run fails otherwise).
+warm-up and one timed step), ResNet-101 on 256 x 256 on GPUs; 1-way 1-shot episodes whose
+support and query are an ``hw/2`` x ``hw/2`` bright square on uniform noise, rank r's episode
+its own (noise seed r, the square in the top-left corner for even r, bottom-right for odd r).
 
-``python -m benchmarks.ddp_scaling [--quick]``
+Agreement: the weights after the 2-rank run must equal (per-tensor sums within a float
+tolerance) those of one process that, at every step, backpropagates both ranks' episodes and
+averages their gradients before the SGD step, which is what DDP's all-reduce must amount to.
+With DDP removed (each rank stepping alone) the ranks' weights are those of their own episode
+and the check fails.
+
+``python -m benchmarks.ddp_scaling [--quick] [--rounds N]``
 """
 from __future__ import annotations
 
@@ -39,15 +43,18 @@ CPU_MODEL, GPU_MODEL = "dlfcn_res18", "dlfcn_res101"
 
 def _episode(hw: int, device: torch.device, seed: int) -> dict[str, Any]:
     """One synthetic 1-way 1-shot episode in the trainer's batch layout (B = 1): support and
-    query are ``hw`` x ``hw`` uniform noise (different draws) with a bright ``hw/2`` x ``hw/2``
-    square organ in the top-left corner (so that local prototypes exist)."""
+    query are ``hw`` x ``hw`` uniform noise (different draws of ``seed``) with a bright ``hw/2`` x
+    ``hw/2`` square organ, top-left for an even seed, bottom-right for an odd one (so that local
+    prototypes exist and two ranks' episodes differ)."""
     g = torch.Generator().manual_seed(seed)
     imgs, masks = [], []
-    for size in (hw // 2, hw // 2):
+    size = hw // 2
+    at = slice(0, size) if seed % 2 == 0 else slice(hw - size, hw)
+    for _ in range(2):
         img = torch.rand(1, 3, hw, hw, generator=g)
         mask = torch.zeros(1, hw, hw)
-        mask[:, :size, :size] = 1.0
-        img[:, :, :size, :size] += 1.0
+        mask[:, at, at] = 1.0
+        img[:, :, at, at] += 1.0
         imgs.append(img.to(device))
         masks.append(mask.to(device))
     return {"support_images": [[imgs[0]]],
@@ -55,9 +62,27 @@ def _episode(hw: int, device: torch.device, seed: int) -> dict[str, Any]:
             "query_images": [imgs[1]], "query_labels": [masks[1].long()], "index": seed}
 
 
+def _averaged_step(model, episodes, opt, sched, crit, device) -> None:
+    """The reference of DDP: one SGD step on the mean of the episodes' gradients (each episode
+    backpropagated alone, as on its own rank)."""
+    from util.training import episode_inputs, loss
+
+    opt.zero_grad(set_to_none=True)
+    for episode in episodes:
+        supp, fg, bg, qry, labels = episode_inputs(episode, device)
+        out = model(supp, fg, bg, qry, isval=False, val_wsize=None)
+        total, _, _ = loss(out[0], labels, out[1], crit)
+        (total / len(episodes)).backward()
+    opt.step()
+    sched.step()
+
+
 def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, modelname: str, hw: int,
-            warmup: int, steps: int, results: Any) -> None:
-    """One process of a measurement: its steps/s after ``warmup`` steps (rank 0 reports)."""
+            warmup: int, steps: int, results: Any, average_over: int = 0) -> None:
+    """One process of a measurement: its steps/s after ``warmup`` steps (rank 0 reports).
+
+    ``average_over`` > 0 (one process): the reference run, each step on the averaged gradients
+    of the episodes of ranks 0 .. average_over - 1."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -79,10 +104,16 @@ def _worker(rank: int, world: int, port: int, device_kind: str, threads: int, mo
         sched = build_scheduler(opt, cfg)
         net = wrap_ddp(model, info)
         crit = build_criterion(use_wce=True, ignore_label=255, device=info.device)
-        episode = _episode(hw, info.device, seed=0)       # the same on every rank
+        episode = _episode(hw, info.device, seed=rank)    # each rank its own
+        refs = [_episode(hw, info.device, seed=r) for r in range(average_over)]
 
         def step() -> None:
-            train_step(net, episode, opt, sched, criterion=crit, device=info.device)
+            if refs:
+                _averaged_step(net, refs, opt, sched, crit, info.device)
+            else:
+                res = train_step(net, episode, opt, sched, criterion=crit, device=info.device)
+                if res["skipped"]:
+                    raise RuntimeError("a step was skipped (empty prototype): the check needs every step")
 
         for _ in range(warmup):
             step()
@@ -118,8 +149,8 @@ def same_weights(a: list[float], b: list[float], rtol: float = 1e-4, atol: float
 
 
 def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, steps: int,
-            timeout: float = 900.0, start_method: str = "spawn", threads: int | None = None
-            ) -> tuple[float, list[float]]:
+            timeout: float = 900.0, start_method: str = "spawn", threads: int | None = None,
+            average_over: int = 0) -> tuple[float, list[float]]:
     """Steps per second of ``world`` processes (1: plain single process, no DDP), each with
     ``threads`` intra-op threads (default: the cores shared out, at most 4 beside a GPU), and
     the :func:`fingerprint` of rank 0's weights after the run.
@@ -133,7 +164,8 @@ def measure(world: int, device_kind: str, modelname: str, hw: int, warmup: int, 
         threads = max(1, cores // world) if device_kind == "cpu" else max(1, min(4, cores // world))
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, device_kind, threads, modelname, hw,
-                                               warmup, steps, results)) for r in range(world)]
+                                               warmup, steps, results, average_over))
+             for r in range(world)]
     for p in procs:
         p.start()
     try:
@@ -153,20 +185,20 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     # always spawn: a forked child of a process that already ran OpenMP kernels can hang in
     # its first convolution (seen here in the test suite)
     kw = {"start_method": "spawn"}
-    ones, ones_1t, twos, agree = [], [], [], True
+    ones, ones_1t, twos = [], [], []
     for _ in range(rounds or (1 if quick else 2)):              # alternating: 1, 2, 1, 2, ...
         if not quick:
             # a single process with all cores' threads: the usual way to run one process
             ones.append(measure(1, "cpu", CPU_MODEL, hw, warmup, steps, **kw)[0])
         # and with one thread, as each rank: on a shared machine threads of one process wait for
-        # each other while separate processes each get their share; its weights are the ones
-        # compared, since the same thread count sums in the same order (2 threads against 1
-        # differ by more than float noise after 13 steps)
-        one_1t, fp_one = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, threads=1, **kw)
-        ones_1t.append(one_1t)
+        # each other while separate processes each get their share
+        ones_1t.append(measure(1, "cpu", CPU_MODEL, hw, warmup, steps, threads=1, **kw)[0])
         two, fp_two = measure(2, "cpu", CPU_MODEL, hw, warmup, steps, **kw)
         twos.append(two)
-        agree = agree and same_weights(fp_one, fp_two)
+    # the reference, one thread as each rank (the same thread count sums in the same order:
+    # 2 threads against 1 differ by more than float noise after 13 steps)
+    fp_ref = measure(1, "cpu", CPU_MODEL, hw, warmup, steps, threads=1, average_over=2, **kw)[1]
+    agree = same_weights(fp_ref, fp_two)
     one_1t, two = statistics.median(ones_1t), statistics.median(twos)
     one = statistics.median(ones) if ones else one_1t
     ratio = 2 * two / max(one, one_1t)
@@ -177,15 +209,17 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
                + f"; 2 gloo ranks {two:.2f} steps/s ({2 * two:.2f} episodes/s); medians of {len(twos)} round(s)")
     if torch.cuda.is_available() and not quick:
         n = torch.cuda.device_count()
-        g1, fp_g1 = measure(1, "cuda", GPU_MODEL, 256, 5, 30)
+        g1, _ = measure(1, "cuda", GPU_MODEL, 256, 5, 30)
         details += f"; GPU {torch.cuda.get_device_name(0)}, {GPU_MODEL} 256x256: 1 GPU {g1:.2f} steps/s"
         if n > 1:
             gn, fp_gn = measure(n, "cuda", GPU_MODEL, 256, 5, 30)
-            agree = agree and same_weights(fp_g1, fp_gn, rtol=1e-3, atol=1e-4)
+            fp_gref = measure(1, "cuda", GPU_MODEL, 256, 5, 30, average_over=n)[1]
+            agree = agree and same_weights(fp_gref, fp_gn, rtol=1e-3, atol=1e-4)
             details += f", {n} GPUs {gn:.2f} steps/s ({n * gn / g1:.2f}x episodes/s)"
     return row("ddp_scaling", "training episodes/s, 2 gloo ranks vs 1 process (CPU)", ratio,
                f">= {TARGET:g}x on 2 free cores", agree,
-               "weights after the run: 2 ranks (same episode each) = 1 process (1 thread)", details)
+               "weights after the run: 2 ranks (an episode each) = 1 process averaging both episodes' "
+               f"gradients{'' if agree else ' - DIFFER'}", details)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,15 @@ On whatever GPUs the machine has (CUDA or ROCm), it measures and prints one tabl
    GPU memory, after warm-up steps;
 2. DDP training steps on all GPUs (one rank per GPU, fp32 batch 1 per rank);
 3. validation (``validation.py``, the Roy et al. protocol) of one snapshot on fold 0 with one GPU
-   and with all GPUs: the mean Dice must be equal (the ranks split the query slices and sum the
-   TP/FP/FN counts), else the command fails.
+   and with all GPUs: the ranks split the query slices and sum the TP/FP/FN counts, so the mean
+   Dice must agree, else the command fails: exactly on the CPU (``--dry``); on GPUs within
+   ``GPU_DICE_TOL``, since each rank encodes batches of other slices and cuDNN/MIOpen may pick
+   other convolution algorithms for other batch shapes, which can flip argmax ties
+   (docs/scale-out.md, 'What is exact where'). The ranks among themselves always agree exactly.
+
+Every measurement runs in spawned processes: the parent never touches the GPU, so no CUDA context
+of its own sits on GPU 0 beside rank 0; ``CUBLAS_WORKSPACE_CONFIG`` is set before any of them
+starts.
 
 The snapshot is the fp32 model after its training steps (or ``--snapshot``); validation runs on
 ``--data-dir`` (a prepared CHAOST2 folder, e.g. the real scans) or on a synthetic dataset in the
@@ -17,7 +24,7 @@ Dice is meaningless; its equality across GPU counts is the check.
 
 ``--dry`` runs everything on the CPU with gloo, tiny sizes and 2 ranks standing in for "all
 GPUs", so that the script is known to work before a GPU machine is at hand (the test suite runs
-it: tests/test_gpu_dryrun.py). Exit status: 0, or 1 when the Dice differ.
+it: tests/test_gpu_dryrun.py). Exit status: 0, or 1 when the Dice disagree.
 """
 from __future__ import annotations
 
@@ -37,15 +44,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import free_port, sync
+from util.backends import set_cublas_workspace
 
-__all__ = ["Sizes", "FULL", "DRY", "TRAIN_CASES", "synthetic_batch", "measure_training", "run", "table",
-           "main"]
+__all__ = ["Sizes", "FULL", "DRY", "TRAIN_CASES", "GPU_DICE_TOL", "synthetic_batch", "measure_training",
+           "dice_agree", "run", "table", "main"]
 
 TRAIN_CASES = (("fp32", 1), ("bf16", 1), ("bf16", 4))   # (precision, batch) on one GPU
 DDP_CASE = ("fp32", 1)                                    # per rank, on all GPUs
 GIB = 1024 ** 3
 LR = 1e-3                     # any: the step's cost does not depend on it
 RESULT_TIMEOUT_S = 1800.0
+GPU_DICE_TOL = 1e-3           # mean Dice, 1 GPU against N GPUs (argmax ties may flip); CPU: exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,12 +202,33 @@ def _rank_worker(rank: int, world: int, port: int, sizes: Sizes, val_cfg: dict[s
         cleanup()
 
 
-def _all_ranks(world: int, sizes: Sizes, val_cfg: dict[str, Any]) -> list[dict]:
-    """Spawn ``world`` ranks of :func:`_rank_worker`; each rank's results, in rank order."""
+def _one_device_worker(rank: int, world: int, port: int, sizes: Sizes, job: dict[str, Any],
+                       results: Any) -> None:
+    """The single-device measurements (one process, no process group): the training cases (the
+    first writes the snapshot), then validation of the snapshot; also the device's name."""
+    if sizes.dry:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from util.distributed import init_distributed
+    try:
+        info = init_distributed(0, force_cpu=sizes.dry)
+        train = [measure_training(info, sizes, precision, batch, snapshot=job["made"] if k == 0 else None)
+                 for k, (precision, batch) in enumerate(TRAIN_CASES)]
+        val_cfg = validation_config(job["data_dir"], job["log_dir"], job["snapshot"], sizes)
+        name = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
+        results.put(("ok", rank, {"train": train, "val": measure_validation(val_cfg), "device": name,
+                                  "kind": info.device.type}))
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put(("error", rank, f"{type(err).__name__}: {err}"))
+        raise
+
+
+def _all_ranks(world: int, sizes: Sizes, val_cfg: dict[str, Any], target: Any = None) -> list[dict]:
+    """Spawn ``world`` processes of ``target`` (default :func:`_rank_worker`); each one's results,
+    in rank order."""
     ctx = mp.get_context("spawn")          # CUDA-safe; no OpenMP state inherited
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_worker, args=(r, world, port, sizes, val_cfg, results))
+    procs = [ctx.Process(target=target or _rank_worker, args=(r, world, port, sizes, val_cfg, results))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -247,7 +277,7 @@ def table(rows: list[Row]) -> str:
 
 
 def _machine(sizes: Sizes) -> tuple[str, int]:
-    """(description, number of devices for "all GPUs")."""
+    """(versions, number of devices for "all GPUs"), without creating a CUDA context here."""
     versions = f"torch {torch.__version__}"
     if getattr(torch.version, "hip", None):
         versions += f", HIP {torch.version.hip}"
@@ -255,30 +285,27 @@ def _machine(sizes: Sizes) -> tuple[str, int]:
         versions += f", CUDA {torch.version.cuda}"
     if sizes.dry or not torch.cuda.is_available():
         return f"CPU ({platform.machine()}, {os.cpu_count()} cores), gloo; {versions}", 2
-    n = torch.cuda.device_count()
-    return f"{torch.cuda.get_device_name(0)} x{n}; {versions}", n
+    return versions, torch.cuda.device_count()
+
+
+def dice_agree(one: float, others: list[float], device_kind: str) -> bool:
+    """The ranks' Dice equal among themselves; equal to one device's on the CPU, within
+    ``GPU_DICE_TOL`` on GPUs."""
+    if any(d != others[0] for d in others):
+        return False
+    tol = 0.0 if device_kind == "cpu" else GPU_DICE_TOL
+    return abs(others[0] - one) <= tol
 
 
 def run(sizes: Sizes, *, data_dir: Path | None = None, snapshot: Path | None = None,
         work_dir: Path | None = None) -> tuple[list[Row], str, bool]:
-    """Every measurement; (rows, machine description, Dice equal on 1 and all devices)."""
-    from util.distributed import init_distributed
-
-    machine, n_all = _machine(sizes)
+    """Every measurement; (rows, machine description, Dice agree on 1 and all devices)."""
+    versions, n_all = _machine(sizes)
     if not sizes.dry and not torch.cuda.is_available():
         raise RuntimeError("no GPU visible: run `python -m benchmarks.gpu --dry` for the CPU check")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp_name:
         tmp = Path(tmp_name)
-        info = init_distributed(0, force_cpu=sizes.dry)           # this process: one device
-        one = "CPU" if info.device.type == "cpu" else "1 GPU"
-        rows = []
         made = tmp / "snapshot.pth"
-        for k, (precision, batch) in enumerate(TRAIN_CASES):
-            res = measure_training(info, sizes, precision, batch, snapshot=made if k == 0 else None)
-            rows.append(Row("train", one, precision, str(batch), res["steps_per_s"],
-                            res["steps_per_s"] * batch, res["peak_gib"],
-                            note=f"{sizes.model} {sizes.hw}x{sizes.hw}, {sizes.steps} steps"
-                                 + (f", {res['skipped']:.0f} skipped" if res["skipped"] else "")))
         synthetic = data_dir is None
         if synthetic:
             # the synthetic dataset of the test suite: scans in the card's layout, truth known
@@ -286,24 +313,30 @@ def run(sizes: Sizes, *, data_dir: Path | None = None, snapshot: Path | None = N
             from tests.tinydata import build_tiny_dataset
             data_dir = build_tiny_dataset(tmp / "CHAOST2", "CHAOST2", hw=sizes.val_hw,
                                           depth=sizes.val_depth).data_dir
+        job = {"made": made, "data_dir": Path(data_dir), "log_dir": tmp / "one", "snapshot": snapshot or made}
+        (single,) = _all_ranks(1, sizes, job, target=_one_device_worker)
+        one = "CPU" if single["kind"] == "cpu" else "1 GPU"
+        machine = versions if single["kind"] == "cpu" else f"{single['device']} x{n_all}; {versions}"
+        rows = [Row("train", one, precision, str(batch), res["steps_per_s"], res["steps_per_s"] * batch,
+                    res["peak_gib"], note=f"{sizes.model} {sizes.hw}x{sizes.hw}, {sizes.steps} steps"
+                    + (f", {res['skipped']:.0f} skipped" if res["skipped"] else ""))
+                for (precision, batch), res in zip(TRAIN_CASES, single["train"])]
         val_cfg = validation_config(Path(data_dir), tmp / "runs", snapshot or made, sizes)
-        val_one = measure_validation({**val_cfg, "path": {**val_cfg["path"], "log_dir": str(tmp / "one")}})
-        if info.device.type == "cuda":
-            torch.cuda.empty_cache()           # this process's cached blocks: GPU 0 is rank 0's now
         ranks = _all_ranks(n_all, sizes, val_cfg)
-        all_dev = f"{n_all} {'gloo ranks' if info.device.type == 'cpu' else 'GPUs'}"
+        all_dev = f"{n_all} {'gloo ranks' if single['kind'] == 'cpu' else 'GPUs'}"
         ddp = ranks[0]["train"]
         base = rows[0].steps_per_s
         rows.append(Row("train DDP", all_dev, DDP_CASE[0], str(DDP_CASE[1]), ddp["steps_per_s"],
                         ddp["steps_per_s"] * n_all * DDP_CASE[1], max(r["train"]["peak_gib"] for r in ranks),
                         note=f"{n_all * ddp['steps_per_s'] / base:.2f}x the episodes/s of {one}"))
-        dice_all = ranks[0]["val"]["dice"]
-        same = all(r["val"]["dice"] == dice_all for r in ranks) and dice_all == val_one["dice"]
+        val_one, dice_all = single["val"], ranks[0]["val"]["dice"]
+        same = dice_agree(val_one["dice"], [r["val"]["dice"] for r in ranks], single["kind"])
         rows.append(Row("validation fold 0", one, dice=val_one["dice"], seconds=val_one["seconds"],
                         note=f"{'synthetic scans' if synthetic else data_dir}, "
                              f"{'snapshot ' + str(snapshot) if snapshot else 'the fp32 model above'}"))
+        exact = "equal to" if single["kind"] == "cpu" else f"within {GPU_DICE_TOL:g} of"
         rows.append(Row("validation fold 0", all_dev, dice=dice_all, seconds=ranks[0]["val"]["seconds"],
-                        note="Dice equal to 1 device: " + ("yes" if same else "NO")))
+                        note=f"Dice {exact} 1 device: " + ("yes" if same else "NO")))
     return rows, machine, same
 
 
@@ -322,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = DRY if args.dry else FULL
     if args.dry:      # the CPU even where GPUs exist (before CUDA starts; spawned ranks inherit it)
         os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["HIP_VISIBLE_DEVICES"] = ""
+    set_cublas_workspace()        # before any process creates a cuBLAS handle (inherited)
     if args.steps is not None:
         sizes = dataclasses.replace(sizes, steps=args.steps)
     if args.model is not None:
@@ -330,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmarks.gpu{' (dry: CPU stand-in, numbers mean nothing)' if sizes.dry else ''} on {machine}")
     print(table(rows))
     if not same:
-        print("FAILED: the validation Dice differs between 1 device and all devices", file=sys.stderr)
+        print("FAILED: the validation Dice disagrees between 1 device and all devices", file=sys.stderr)
     return 0 if same else 1
 
 

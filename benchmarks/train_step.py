@@ -6,14 +6,24 @@ An untimed round of each first. Checked (the run fails otherwise): the images th
 received equal the backbone's two images (the same work), no step was skipped and every loss
 is finite. The two paths compute different things, so no output is compared.
 
+Precision rows (CPU): the same step in fp32, in bf16 autocast, and in bf16 with the encoder
+compiled (``compile=True``, where this machine can compile), each from the same initial weights
+on the same episode, alternating step by step after untimed warm-up steps (the compiled one
+compiles there). Agreement: the first step's query loss of bf16 and of the compiled step within
+``LOSS_RTOL`` (5 %) of fp32's. The alignment loss is printed, not compared: its masks are the
+argmax of the network's own query prediction, whose near-tied pixels (every pixel of an
+untrained network is near a tie) flip with any rounding, so it moves by tens of percent.
+Targets on a CPU with native bf16: bf16 at least 1.8x the fp32 step, compiled bf16 at least 2.2x.
+
 With a GPU (full mode): episodes per second at batch 1 in fp32 (the original's setting) against
 the best batch size in bf16, same model; target at least 3x; peak GPU memory of each setting.
 
-``python -m benchmarks.train_step [--quick]``
+``python -m benchmarks.train_step [--quick] [--rounds N]``
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -21,13 +31,21 @@ import time
 
 import torch
 
-from benchmarks.common import exit_code, print_row, row, sync
+from benchmarks.common import all_rows, exit_code, print_row, row, sync
+from util.backends import compile_problem, cpu_native_bf16
 from util.training import build_criterion, build_optimizer, build_scheduler, train_step
+from util.training.loop import compile_encoder
 
-__all__ = ["run", "make_episode_batch", "gpu_throughput", "TARGET", "GPU_TARGET"]
+__all__ = ["run", "make_episode_batch", "gpu_throughput", "precision_rows", "losses_agree", "TARGET",
+           "GPU_TARGET", "BF16_TARGET", "COMPILE_TARGET", "LOSS_RTOL"]
 
 TARGET = 1.25           # target: one step at most 1.25x the backbone's forward + backward
 GPU_TARGET = 3.0        # target: best bf16 batch at least 3x the batch-1 fp32 episodes/s
+BF16_TARGET = 1.8       # target on a CPU with native bf16: the bf16 step at least 1.8x fp32's
+COMPILE_TARGET = 2.2    # ... and with the encoder compiled, at least 2.2x
+LOSS_RTOL = 0.05        # first-step query loss of bf16 (compiled or not) within 5 % of fp32's
+LOSS_ATOL = 1e-3        # plus this, for a loss near 0
+WARMUP_STEPS = 2        # untimed steps of each path (compilation happens in the first)
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 _last_losses: list[float] = []       # loss and align_loss of the latest timed step
 OPTIM_CFG = {"optim": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},
@@ -113,9 +131,67 @@ def gpu_throughput(name: str = "dlfcn_res101", size: int = 256, steps: int = 10,
             "device": torch.cuda.get_device_name(device)}
 
 
-def run(quick: bool = False) -> dict:
-    """CPU step/backbone ratio (and the GPU throughput table when a GPU is present, full mode)."""
+def losses_agree(reference: list[float], other: list[float]) -> bool:
+    """Each loss within ``LOSS_RTOL`` (relative) + ``LOSS_ATOL`` of the reference's."""
+    return len(reference) == len(other) and all(
+        math.isfinite(o) and abs(o - r) <= LOSS_RTOL * abs(r) + LOSS_ATOL for r, o in zip(reference, other))
+
+
+def _precision_paths(name: str, compile_ok: bool) -> dict[str, tuple]:
+    """fp32, bf16 (and compiled bf16) models from the same initial weights, with their optimizers."""
+    device = torch.device("cpu")
+    init = copy.deepcopy(_model(name, device).state_dict())
+    paths = {}
+    for key in ("fp32", "bf16") + (("bf16+compile",) if compile_ok else ()):
+        model = _model(name, device)
+        model.load_state_dict(init)
+        if key.endswith("compile"):
+            compile_encoder(model, device)
+        opt = build_optimizer(model, OPTIM_CFG)
+        paths[key] = (model, opt, build_scheduler(opt, OPTIM_CFG))
+    return paths
+
+
+def precision_rows(name: str, size: int, rounds: int) -> list[dict]:
+    """The CPU precision rows: fp32 vs bf16, and vs compiled bf16 where compilation can run."""
+    device = torch.device("cpu")
+    problem = compile_problem(device)
+    paths = _precision_paths(name, problem is None)
+    crit = build_criterion(use_wce=True, ignore_label=255, device=device)
+    ep = make_episode_batch(1, size)
+    first, times = {}, {key: [] for key in paths}
+    for key, (model, opt, sch) in paths.items():
+        for i in range(WARMUP_STEPS):
+            _step_time(model, ep, opt, sch, crit, device, key[:4])
+            if i == 0:
+                first[key] = [float(v) for v in _last_losses]
+    for _ in range(max(int(rounds), 1)):                                    # alternating
+        for key, (model, opt, sch) in paths.items():
+            times[key].append(_step_time(model, ep, opt, sch, crit, device, key[:4])[0])
+    med = {key: statistics.median(v) for key, v in times.items()}
+    native = "native bf16" if cpu_native_bf16() else "NO native bf16 (emulated)"
+    out = []
+    for key, target in (("bf16", BF16_TARGET), ("bf16+compile", COMPILE_TARGET)):
+        if key not in paths:
+            continue
+        agree = losses_agree(first["fp32"][:1], first[key][:1])      # the query loss
+        out.append(row(f"train_step.{key}", f"training step, {key} vs fp32, CPU ({name}, {size}x{size})",
+                       med["fp32"] / med[key], f">= {target:g}x on a CPU with native bf16", agree,
+                       f"first-step query loss within {LOSS_RTOL:.0%} of fp32's: fp32 "
+                       f"{first['fp32'][0]:.4f}, {key} {first[key][0]:.4f} (alignment loss "
+                       f"{first['fp32'][1]:.4f} and {first[key][1]:.4f}, not compared)",
+                       f"fp32 {med['fp32']:.3f} s, {key} {med[key]:.3f} s per step "
+                       f"(medians of {len(times[key])}, {torch.get_num_threads()} threads, {native})"))
+    if problem:
+        out[-1]["details"] += f"; compiled row not run: {problem}"
+    return out
+
+
+def run(quick: bool = False, rounds: int | None = None) -> dict:
+    """CPU step/backbone ratio, the CPU precision rows (``extra_rows``) and, with a GPU in full
+    mode, the GPU throughput table."""
     name, size, repeats = ("dlfcn_res18", 64, 1) if quick else ("dlfcn_res101", 256, 5)
+    repeats = int(rounds) if rounds else repeats
     device = torch.device("cpu")
     model = _model(name, device)
     opt = build_optimizer(model, OPTIM_CFG)
@@ -144,6 +220,7 @@ def run(quick: bool = False) -> dict:
     out = row("train_step", f"ALPNet training step vs {name} forward+backward, CPU", ratio,
               f"<= {TARGET:g}x", agree, "the step's encoder input = the backbone's 2 images; no step "
               f"skipped; losses finite{'' if same_input else ' - encoder input differs'}", details)
+    out["extra_rows"] = precision_rows(name, size, repeats)
     if torch.cuda.is_available() and not quick:
         gpu = gpu_throughput()
         out["gpu"] = gpu
@@ -156,13 +233,16 @@ def run(quick: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="ResNet-18, 64 x 64, one timed round")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds of each path (default 5; quick 1)")
     args = p.parse_args(argv)
-    res = run(quick=args.quick)
-    print_row(res)
+    res = run(quick=args.quick, rounds=args.rounds)
+    rows = all_rows(res)
+    for r in rows:
+        print_row(r)
     for r in res.get("gpu", {}).get("rows", []):
         print(f"  {r['precision']} batch {r['batch']}: {r['episodes_per_s']:.1f} episodes/s, "
               f"peak {r['peak_gib']:.2f} GiB")
-    return exit_code(res)
+    return max(exit_code(r) for r in rows)
 
 
 if __name__ == "__main__":

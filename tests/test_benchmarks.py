@@ -19,7 +19,7 @@ import pytest
 
 import benchmarks.__main__ as bench_main
 from benchmarks.__main__ import BENCHMARKS, REAL_DATA_BENCHMARKS, table
-from benchmarks.common import REAL_DATA_ABSENT, alternate
+from benchmarks.common import REAL_DATA_ABSENT, all_rows, alternate
 from tests.realdata import chaos_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,12 @@ def test_benchmark_quick_mode_agrees(name):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     row = json.loads(out.stdout.rsplit("ROW ", 1)[1])
-    check_row(name, row, real_data=chaos_dir() is not None)
+    main, *extra = all_rows(row)
+    check_row(name, main, real_data=chaos_dir() is not None)
+    for more in extra:                      # e.g. train_step's precision rows
+        assert more["name"].startswith(f"{name}.")
+        check_row(more["name"], more)
+    row = main
     # the table renders it on one line with the agreement and machine columns
     line = table([row]).splitlines()[-1]
     assert line.startswith(f"| {name} | ") and line.count("|") == 7
@@ -163,3 +168,17 @@ def test_cli_rejects_an_unknown_benchmark():
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "no_such_bench"], cwd=ROOT,
                          capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert out.returncode == 2 and "no_such_bench" in out.stderr
+
+
+def test_precision_loss_check_sees_five_percent():
+    from benchmarks.train_step import LOSS_RTOL, losses_agree
+
+    assert losses_agree([0.60], [0.60 * (1 + LOSS_RTOL / 2)])
+    assert not losses_agree([0.60], [0.60 * (1 + 2 * LOSS_RTOL)])
+    assert not losses_agree([0.60], [float("nan")]) and not losses_agree([0.6], [])
+
+
+def test_extra_rows_reach_the_table():
+    res = {"name": "train_step", "ratio": 1.0, "extra_rows": [{"name": "train_step.bf16", "ratio": 2.0}]}
+    rows = all_rows(res)
+    assert [r["name"] for r in rows] == ["train_step", "train_step.bf16"] and "extra_rows" not in rows[0]

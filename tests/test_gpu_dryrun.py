@@ -55,3 +55,13 @@ def test_table_marks_missing_values():
     lines = text.splitlines()
     assert _cells(lines[2])[4:8] == ["2.00", "8.00", "1.50", "-"]
     assert _cells(lines[3])[4:8] == ["-", "-", "-", "0.750000"]
+
+
+def test_dice_agreement_exact_on_cpu_within_tolerance_on_gpus():
+    from benchmarks.gpu import GPU_DICE_TOL, dice_agree
+
+    assert dice_agree(0.5, [0.5, 0.5], "cpu")
+    assert not dice_agree(0.5, [0.5 + 1e-9, 0.5 + 1e-9], "cpu")            # CPU: bit for bit
+    assert dice_agree(0.5, [0.5 + GPU_DICE_TOL / 2] * 2, "cuda")
+    assert not dice_agree(0.5, [0.5 + 2 * GPU_DICE_TOL] * 2, "cuda")
+    assert not dice_agree(0.5, [0.5, 0.5001], "cuda")                      # ranks always agree exactly
