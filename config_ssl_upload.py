@@ -79,6 +79,7 @@ def cfg():
     resume = False                     # continue from the newest snapshot of this experiment
     resume_from = None                 # or from this snapshot file
     deterministic = False              # torch.use_deterministic_algorithms (exact-resume tests)
+    tensorboard = True                 # TensorBoard event files in the run folder (docs/training.md)
 
     # Validation
     z_margin = 0

@@ -15,6 +15,7 @@ from util.training.hooks import (
     ProgressBar,
     SacredScalars,
     Snapshots,
+    TensorBoardScalars,
 )
 
 HOOKS_LOG = "util.training.hooks"
@@ -78,6 +79,58 @@ def test_sacred_scalars_per_step_and_none_off():
     SacredScalars(run).after_step(4, values(0.5, 0.25))
     assert run.logged == [("loss", 0.5, 4), ("align_loss", 0.25, 4)]
     SacredScalars(None).after_step(5, values(0.5))          # rank > 0: nothing, no error
+
+
+class FakeWriter:
+    def __init__(self):
+        self.scalars, self.closed = [], False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed = True
+
+
+class FakeClock:
+    def __init__(self, times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_tensorboard_scalars_per_step_at_the_global_step():
+    """Resumed at step 4, two steps of 2 episodes (batch 1 x 2 ranks) each; the clock reads
+    10.0 at the first episode, 10.5 after step 5 and 11.5 after step 6: 2 / 0.5 = 4 and
+    2 / 1.0 = 2 episodes per second. The learning rate is the one read before each step."""
+    writer, lrs = FakeWriter(), iter([0.01, 0.005])
+    counts = {"skipped": 3, "empty_mask": 1}
+    hook = TensorBoardScalars(writer, lr=lambda: next(lrs), counts=lambda: counts,
+                              episodes_per_step=2, clock=FakeClock([10.0, 10.5, 11.5]))
+    hook.on_episode({})
+    hook.after_step(5, values(0.75, 0.25))
+    counts["empty_mask"] = 2
+    hook.on_episode({})
+    hook.after_step(6, values(0.5, 0.0))
+    got = {(tag, step): value for tag, value, step in writer.scalars}
+    assert {step for _, step in got} == {5, 6}
+    assert got[("loss/query_ce", 5)] == 0.75 and got[("loss/align", 5)] == 0.25
+    assert got[("loss/total", 5)] == 0.75 + 0.25 and got[("loss/total", 6)] == 0.5
+    assert got[("train/lr", 5)] == 0.01 and got[("train/lr", 6)] == 0.005
+    assert got[("train/episodes_per_s", 5)] == pytest.approx(4.0)
+    assert got[("train/episodes_per_s", 6)] == pytest.approx(2.0)
+    assert got[("train/skipped_episodes", 6)] == 3
+    assert (got[("train/empty_mask_episodes", 5)], got[("train/empty_mask_episodes", 6)]) == (1, 2)
+    hook.close(6)
+    assert writer.closed
+
+
+def test_tensorboard_scalars_off_without_a_writer():
+    hook = TensorBoardScalars(None, lr=lambda: 1 / 0, counts=lambda: {}, episodes_per_step=1)
+    hook.on_episode({})                 # rank > 0 or tensorboard=False: nothing read, no error
+    hook.after_step(1, values(1.0))
+    hook.close(1)
 
 
 def test_loss_curves_draw_every_step_of_the_session(tmp_path, monkeypatch):

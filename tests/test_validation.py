@@ -162,6 +162,26 @@ def test_validation_run_outputs(tiny, single_run):
     assert row.cells[1].mean == pytest.approx(100 * metrics["mar_val_batches_classDice"]["values"][0][0])
 
 
+def test_validation_tensorboard_events_at_the_snapshot_step(single_run):
+    """The run folder's event file: every metric per organ and its mean at step 10 (the
+    snapshot's), equal to metrics.json, and each figure as an image."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, metrics = single_run
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag, name in (("dice", "Dice"), ("precision", "Prec"), ("hd95_mm", "HD95"), ("assd_mm", "ASSD")):
+        for organ, want in zip(("RK", "LK"), metrics[f"mar_val_batches_class{name}"]["values"][0]):
+            (step, got), = scalars[f"val/{tag}/{organ}"]
+            assert step == 10 and got == pytest.approx(want, rel=1e-6)
+    (step, mean), = scalars["val/dice/mean"]
+    assert step == 10 and mean == pytest.approx(metrics["mar_val_batches_meanDice"]["values"][0], rel=1e-6)
+    assert {f"val/recall/{o}" for o in ("RK", "LK", "mean")} <= set(scalars)
+    assert sorted(acc.Tags()["images"]) == ["figures/label_2_RK", "figures/label_3_LK"]
+    assert [e.step for e in acc.Images("figures/label_2_RK")] == [10]
+
+
 def test_several_snapshots_logged_with_their_step(tiny, snapshots, single_run, tmp_path):
     # the snapshots folder: 10.pth and 20.pth, each logged with its step; step 10 as alone
     _, run_dir, metrics = run_validation_exp(tiny, tmp_path, snapshots, write_figures=False)

@@ -29,6 +29,7 @@ from dataloaders.folds import check_label_list, n_folds, split_fold, support_sca
 from dataloaders.validation_set import choose_support_ids
 from util.backends import PRECISIONS, compile_problem
 from util.io import CorruptImageError, verify_image_files
+from util.tensorboard_log import TENSORBOARD_KEY, tensorboard_problem
 from util.user_errors import MissingInputError, UserError, require_checkpoint
 
 __all__ = ["ConfigSummary", "check_config", "check_run", "validate_config", "resolve_data_dir",
@@ -136,6 +137,8 @@ def _check_options(cfg: Mapping[str, Any], card: Card, training: bool) -> None:
         problem = compile_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         if problem:
             raise _fail(f"compile=True: {problem}; or run with compile=False")
+    if cfg.get(TENSORBOARD_KEY, False) and tensorboard_problem():
+        raise _fail(f"tensorboard=True: {tensorboard_problem()}")
     if cfg["optim_type"] not in OPTIM_TYPES:
         raise _fail(f"optim_type={cfg['optim_type']!r}: only {list(OPTIM_TYPES)} is implemented")
     task = cfg["task"]

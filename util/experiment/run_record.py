@@ -21,7 +21,7 @@ __all__ = ["RUNTIME_PACKAGES", "project_module_files", "record_run_sources", "re
 # Distributions a run uses (requirements.txt, runtime part), recorded with their versions.
 RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "SimpleITK", "scikit-image",
                     "nibabel", "opencv-python-headless", "json5", "tqdm", "matplotlib", "Pillow",
-                    "sacred")
+                    "sacred", "tensorboard")
 SNAPSHOTS_INFO_KEY = "snapshots"        # info.json: [{"step": int, "path": str}, ...]
 
 

@@ -1,8 +1,9 @@
 """The training loop's per-step concerns, one hook each (docs/training.md, 'Logs and curves'):
-the epoch messages, the progress bar, the interval means in the log, the Sacred scalars, the loss
-curves and the snapshots. ``util.training.loop`` calls every hook of a :class:`Hooks` at fixed
-points: ``on_episode`` before each step, ``after_step`` after each step that updated the weights,
-``on_stop`` when a stop was agreed, ``close`` at the end (stopped or not).
+the epoch messages, the progress bar, the interval means in the log, the Sacred scalars, the
+TensorBoard scalars, the loss curves and the snapshots. ``util.training.loop`` calls every hook
+of a :class:`Hooks` at fixed points: ``on_episode`` before each step, ``after_step`` after each
+step that updated the weights, ``on_stop`` when a stop was agreed, ``close`` at the end (stopped
+or not).
 
 A hook holds its own state and knows nothing of the others, so each is tested alone.
 """
@@ -10,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from tqdm import tqdm
 
 from util.figures import plot_loss_curves
+from util.tensorboard_log import add_scalars
 
 __all__ = ["Hook", "Hooks", "EpochMessages", "ProgressBar", "IntervalLog", "SacredScalars",
-           "LossCurves", "Snapshots", "TQDM_MININTERVAL_S"]
+           "TensorBoardScalars", "LossCurves", "Snapshots", "TQDM_MININTERVAL_S"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,54 @@ class SacredScalars(Hook):
         if self.run is not None:
             self.run.log_scalar("loss", values["loss"], step)
             self.run.log_scalar("align_loss", values["align_loss"], step)
+
+
+class TensorBoardScalars(Hook):
+    """Per step into a TensorBoard writer (rank 0's; None: off): ``loss/query_ce``, ``loss/align``,
+    ``loss/total`` (their sum), ``train/lr`` (the rate the step used), ``train/episodes_per_s``
+    (all ranks' episodes, skipped ones included, since the previous step), and the run's
+    ``train/skipped_episodes`` and ``train/empty_mask_episodes`` so far. ``step`` is the global
+    step, so a resumed run continues the curves where its snapshot left them.
+
+    Args:
+        lr: the current learning rate (read before each step).
+        counts: ``{"skipped": n, "empty_mask": n}`` so far.
+        episodes_per_step: episodes one step draws on all ranks (batch_size x world size).
+    """
+
+    def __init__(self, writer: Any, *, lr: Callable[[], float], counts: Callable[[], Mapping[str, int]],
+                 episodes_per_step: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.writer, self.lr, self.counts, self.clock = writer, lr, counts, clock
+        self.episodes_per_step = int(episodes_per_step)
+        self.since: float | None = None
+        self.episodes = 0
+        self.step_lr = float("nan")
+
+    def on_episode(self, episode: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            return
+        if self.since is None:
+            self.since = self.clock()
+        self.episodes += self.episodes_per_step
+        self.step_lr = float(self.lr())
+
+    def after_step(self, step: int, values: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        now = self.clock()
+        elapsed = now - (self.since if self.since is not None else now)
+        counts = self.counts()
+        add_scalars(self.writer, {
+            "loss/query_ce": values["loss"], "loss/align": values["align_loss"],
+            "loss/total": values["loss"] + values["align_loss"], "train/lr": self.step_lr,
+            "train/episodes_per_s": self.episodes / elapsed if elapsed > 0 else float("nan"),
+            "train/skipped_episodes": counts["skipped"],
+            "train/empty_mask_episodes": counts["empty_mask"]}, step)
+        self.since, self.episodes = now, 0
+
+    def close(self, step: int) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class LossCurves(Hook):

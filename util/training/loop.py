@@ -29,7 +29,17 @@ from util.distributed import DistInfo, broadcast_object, wrap_ddp
 from util.experiment.run_record import record_snapshot
 from util.rng import rng_states, seed_everything
 from util.signals import StopFlag
-from util.training.hooks import EpochMessages, Hooks, IntervalLog, LossCurves, ProgressBar, SacredScalars, Snapshots
+from util.tensorboard_log import TENSORBOARD_KEY, open_writer, purge_after
+from util.training.hooks import (
+    EpochMessages,
+    Hooks,
+    IntervalLog,
+    LossCurves,
+    ProgressBar,
+    SacredScalars,
+    Snapshots,
+    TensorBoardScalars,
+)
 from util.training.resume import SNAPSHOT_DIR, TrainState, restore_snapshot, resume_path
 from util.training.step import (
     NonFiniteLossError,
@@ -40,7 +50,7 @@ from util.training.step import (
     train_step,
 )
 
-__all__ = ["train", "compile_encoder", "CURVES_PNG", "MAX_CONSECUTIVE_SKIPS"]
+__all__ = ["train", "compile_encoder", "record_continuation", "CURVES_PNG", "MAX_CONSECUTIVE_SKIPS"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
         state = TrainState()
         if resume is not None:
             state = restore_snapshot(resume, model, optimizer, scheduler, cfg)
+            record_continuation(cfg, resume, state.step, run if is_main else None)
         elif cfg.get("reload_model_path"):
             load_alpnet_weights(model, cfg["reload_model_path"])     # fine-tuning start
         dataset = build_training_dataset(cfg, card, data_dir=str(data_dir), train_ids=train_ids,
@@ -141,15 +152,44 @@ def _snapshot_saver(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.opt
 
 
 def _hooks(cfg: Mapping[str, Any], n_epochs: int, state: TrainState, is_main: bool, run: Any,
-           run_dir: Path | None, save_factory: Callable[[LossCurves], Callable[[int], Any]]) -> Hooks:
+           run_dir: Path | None, save_factory: Callable[[LossCurves], Callable[[int], Any]],
+           tensorboard: TensorBoardScalars | None = None) -> Hooks:
     n_steps = int(cfg["n_steps"])
     curves = LossCurves(run_dir / CURVES_PNG if run_dir is not None else None)
     saved_at = state.step if state.last_snapshot is not None else -1
     # order matters: the curves hold a step before the snapshot of that step draws them
     return Hooks([EpochMessages(n_epochs), ProgressBar(n_steps, state.step, enabled=is_main),
-                  IntervalLog(int(cfg["print_interval"]), n_steps), SacredScalars(run), curves,
+                  IntervalLog(int(cfg["print_interval"]), n_steps), SacredScalars(run),
+                  *([tensorboard] if tensorboard is not None else []), curves,
                   Snapshots(int(cfg["save_snapshot_every"]), n_steps, save_factory(curves),
                             saved_at=saved_at)])
+
+
+def _tensorboard(cfg: Mapping[str, Any], run_dir: Path | None, optimizer: torch.optim.Optimizer,
+                 state: TrainState, episodes_per_step: int) -> TensorBoardScalars | None:
+    """The TensorBoard hook on ``run_dir`` (rank 0 with a run directory and ``tensorboard`` on)."""
+    writer = open_writer(run_dir, enabled=bool(cfg.get(TENSORBOARD_KEY, True)))
+    if writer is None:
+        return None
+    return TensorBoardScalars(writer, lr=lambda: optimizer.param_groups[0]["lr"],
+                              counts=lambda: {"skipped": state.skipped, "empty_mask": state.empty},
+                              episodes_per_step=episodes_per_step)
+
+
+def record_continuation(cfg: Mapping[str, Any], snapshot: Path, step: int, run: Any) -> dict[str, Any]:
+    """What a resumed run continues: ``run.info['continues']`` (``info.json``) holds the snapshot,
+    its step and, for a snapshot of a run folder (``<run>/snapshots/<step>.pth``), that folder;
+    the folder's TensorBoard steps after ``step`` are marked void (``util.tensorboard_log.purge_after``)
+    so that every step is shown once. Rank 0 (``run`` not None) only."""
+    snapshot = Path(snapshot).resolve()
+    folder = snapshot.parent.parent if snapshot.parent.name == SNAPSHOT_DIR else None
+    record = {"snapshot": str(snapshot), "step": int(step),
+              "run_dir": str(folder) if folder is not None else None}
+    if run is not None:
+        run.info["continues"] = record
+        if folder is not None and cfg.get(TENSORBOARD_KEY, True):
+            purge_after(folder, step)
+    return record
 
 
 def _count(res: Mapping[str, float], episode: Mapping[str, Any], state: TrainState, counts: _Counts,
@@ -216,7 +256,8 @@ def _run_loop(cfg: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Opt
              batch * info.world_size, float(cfg["optim"]["lr"]))
     n_epochs = math.ceil(n_steps * batch / max(len(dataset), 1))
     hooks = _hooks(cfg, n_epochs, state, is_main, run, run_dir,
-                   lambda curves: _snapshot_saver(cfg, net, optimizer, scheduler, state, run, run_dir, curves))
+                   lambda curves: _snapshot_saver(cfg, net, optimizer, scheduler, state, run, run_dir, curves),
+                   _tensorboard(cfg, run_dir, optimizer, state, batch * info.world_size))
 
     def step_fn(episode: Mapping[str, Any], stop_requested: Callable[[], bool]) -> Mapping[str, float]:
         return train_step(net, episode, optimizer, scheduler, criterion=criterion, device=device,

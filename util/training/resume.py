@@ -49,6 +49,7 @@ RESUME_KEYS: dict[str, tuple[str, str]] = {
     "deterministic": (MAY_CHANGE, "decides whether the continuation is bit-identical"),
     "precision": (MAY_CHANGE, "arithmetic of the continuation (fp32/bf16)"),
     "compile": (MAY_CHANGE, "how the encoder is executed, not what it computes"),
+    "tensorboard": (MAY_CHANGE, "event files for TensorBoard"),
     "resume": (MAY_CHANGE, "how the snapshot is found"),
     "resume_from": (MAY_CHANGE, "how the snapshot is found"),
     "reload_model_path": (MAY_CHANGE, _WEIGHTS), "model.reload_model_path": (MAY_CHANGE, _WEIGHTS),

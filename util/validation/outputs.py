@@ -15,9 +15,11 @@ from data.cards import Card
 from dataloaders.niftiio import write_like
 from dataloaders.validation_set import ValidationSet, read_record
 from util.io import atomic_write_sitk
+from util.tensorboard_log import add_png, add_scalars
 from util.validation.result import SnapshotResult
 
-__all__ = ["PRED_DIR", "RAW_PRED_DIR", "PRED_NAME", "sacred_metrics", "log_result",
+__all__ = ["PRED_DIR", "RAW_PRED_DIR", "PRED_NAME", "TB_METRICS", "sacred_metrics", "log_result",
+           "tensorboard_metrics", "log_tensorboard",
            "write_predictions", "dice_table", "steps_table", "run_directory"]
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,35 @@ def log_result(run: Any, res: SnapshotResult) -> None:
             run.log_scalar(name, value)
         else:
             run.log_scalar(name, value, res.step)
+
+
+# TensorBoard tag and the SnapshotResult table behind it (docs/validation.md, 'Outputs')
+TB_METRICS = (("dice", "dice"), ("precision", "precision"), ("recall", "recall"),
+              ("hd95_mm", "hd95"), ("assd_mm", "assd"))
+
+
+def tensorboard_metrics(res: SnapshotResult, card: Card) -> dict[str, float]:
+    """``val/<metric>/<organ>`` (the class means over the query scans) and ``val/<metric>/mean``
+    (the overall mean of the tables), the numbers of :func:`sacred_metrics`."""
+    out: dict[str, float] = {}
+    for tag, attr in TB_METRICS:
+        cls_mean, _, mean, _ = res.summary(getattr(res, attr))
+        for c, value in zip(res.labels, cls_mean):
+            out[f"val/{tag}/{card.labels[c]}"] = float(value)
+        out[f"val/{tag}/mean"] = float(mean)
+    return out
+
+
+def log_tensorboard(writer: Any, res: SnapshotResult, card: Card, step: int,
+                    figures: Sequence[Path] = ()) -> None:
+    """One validated snapshot into a TensorBoard writer at ``step``: the metrics of
+    :func:`tensorboard_metrics` and each figure as an image ``figures/<file stem>``."""
+    if writer is None:
+        return
+    add_scalars(writer, tensorboard_metrics(res, card), step)
+    for path in figures:
+        add_png(writer, f"figures/{Path(path).stem}", path, step)
+    writer.flush()
 
 
 def write_predictions(res: SnapshotResult, vset: ValidationSet, out_dir: Path, *,

@@ -30,8 +30,9 @@ from util.checkpoint import load_alpnet_weights, resolve_snapshots
 from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from util.io import spacing_zyx
 from util.metric import Metric, assd, dice_from_counts, hd95, precision_from_counts, recall_from_counts
+from util.tensorboard_log import TENSORBOARD_KEY, open_writer
 from util.validation.figures import FIGURE_DIR, validation_figures
-from util.validation.outputs import log_result, write_predictions
+from util.validation.outputs import log_result, log_tensorboard, write_predictions
 from util.validation.protocol import (
     Support,
     SupportScan,
@@ -230,10 +231,26 @@ def _load_fold(config: Mapping[str, Any]) -> ValidationSet:
                                num_workers=int(config.get("num_workers", 0)))
 
 
-def _write_outputs(config: Mapping[str, Any], res: SnapshotResult, vset: ValidationSet, sub: Path) -> None:
+def _write_outputs(config: Mapping[str, Any], res: SnapshotResult, vset: ValidationSet, sub: Path) -> list[Path]:
+    """Predictions and figures of one snapshot; the figure files."""
     write_predictions(res, vset, sub, raw_geometry=bool(config.get("save_raw_geometry", True)))
     if config.get("write_figures", True):
-        validation_figures(res, vset, sub / FIGURE_DIR)
+        return validation_figures(res, vset, sub / FIGURE_DIR)
+    return []
+
+
+def _record(config: Mapping[str, Any], res: SnapshotResult, vset: ValidationSet, *, run: Any,
+            out_dir: Path | None, writer: Any, index: int | None) -> None:
+    """Rank 0: one snapshot's metrics (Sacred, TensorBoard at its step), predictions and figures
+    (under ``step_<N>/`` when ``index`` says it is one of several)."""
+    if run is not None:
+        log_result(run, res)
+    if out_dir is None:
+        return
+    step = res.step if res.step is not None else (index or 0)
+    sub = Path(out_dir) if index is None else Path(out_dir) / f"step_{step}"
+    figures = _write_outputs(config, res, vset, sub)
+    log_tensorboard(writer, res, vset.card, step, figures)
 
 
 def run_validation(config: Mapping[str, Any], *, device: torch.device, run: Any = None,
@@ -253,17 +270,19 @@ def run_validation(config: Mapping[str, Any], *, device: torch.device, run: Any 
     vset = _load_fold(config)
     model = build_model(config["model"], pretrained=False).to(device).eval()
     results = []
-    for i, path in enumerate(snapshots):
-        step = load_snapshot(model, path, config)
-        model.eval()
-        log.info("validating %s (step %s), snapshot %d of %d", path, step, i + 1, len(snapshots))
-        res = evaluate_snapshot(model, vset, opts, device=device, step=step, path=path)
-        results.append(res)
-        if not is_main_process():
-            continue
-        if run is not None:
-            log_result(run, res)
-        if out_dir is not None:
-            sub = Path(out_dir) if len(snapshots) == 1 else Path(out_dir) / f"step_{step if step is not None else i}"
-            _write_outputs(config, res, vset, sub)
+    writer = open_writer(out_dir if is_main_process() else None,
+                         enabled=bool(config.get(TENSORBOARD_KEY, True)))
+    try:
+        for i, path in enumerate(snapshots):
+            step = load_snapshot(model, path, config)
+            model.eval()
+            log.info("validating %s (step %s), snapshot %d of %d", path, step, i + 1, len(snapshots))
+            res = evaluate_snapshot(model, vset, opts, device=device, step=step, path=path)
+            results.append(res)
+            if is_main_process():
+                _record(config, res, vset, run=run, out_dir=out_dir, writer=writer,
+                        index=i if len(snapshots) > 1 else None)
+    finally:
+        if writer is not None:
+            writer.close()
     return results
