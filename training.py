@@ -11,7 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from util.log import silence_known_warnings
+if __name__ == "__main__":
+    # first, before the heavy imports: SIGUSR1/SIGTERM only set the flag the loop reads (a stop
+    # while starting up ends the run INTERRUPTED after one step, exit 3; never Python's default: death)
+    from util.signals import install_stop_flag
+    install_stop_flag()
+
+from util.log import silence_known_warnings  # noqa: E402
 
 silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
 
@@ -25,6 +31,7 @@ from config_ssl_upload import ex  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
 from util.experiment.command_line import run_command_line  # noqa: E402
 from util.experiment.config_check import check_config, check_run  # noqa: E402
+from util.experiment.run_record import record_command  # noqa: E402
 from util.log import setup_logging  # noqa: E402
 from util.signals import raise_if_stopped  # noqa: E402
 from util.training import train  # noqa: E402
@@ -45,6 +52,7 @@ def main(_run, _config):
     info = init_distributed(_config["gpu_id"])
     try:
         run_dir = next((Path(o.dir) for o in _run.observers if isinstance(o, FileStorageObserver)), None)
+        record_command(_run if info.is_main else None, sys.orig_argv, run_dir)   # for python -m util.runs
         log.info("###### Labels excluded in training : %s ######", list(_config["exclude_cls_list"]))
         log.info("###### Unseen labels evaluated in testing: %s ######", summary.test_labels)
         log.info("###### Training scans: %s (validation fold %d: %s) ######", summary.train_ids,

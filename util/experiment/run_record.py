@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RUNTIME_PACKAGES", "project_module_files", "record_run_sources", "record_snapshot",
-           "SNAPSHOTS_INFO_KEY"]
+           "record_command", "SNAPSHOTS_INFO_KEY", "ARGV_INFO_KEY"]
 
 # Distributions a run uses (requirements.txt, runtime part), recorded with their versions.
 RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "SimpleITK", "scikit-image",
                     "nibabel", "opencv-python-headless", "json5", "tqdm", "matplotlib", "Pillow",
                     "sacred", "tensorboard")
 SNAPSHOTS_INFO_KEY = "snapshots"        # info.json: [{"step": int, "path": str}, ...]
+ARGV_INFO_KEY = "argv"                  # info.json: the command line as typed (sys.orig_argv)
 
 
 def project_module_files(root: str | os.PathLike) -> list[Path]:
@@ -71,3 +72,17 @@ def record_snapshot(run: Any, step: int, path: str | os.PathLike) -> None:
     """Append ``{"step", "path"}`` to the run's ``info['snapshots']`` (``info.json``)."""
     if run is not None:
         run.info.setdefault(SNAPSHOTS_INFO_KEY, []).append({"step": int(step), "path": str(path)})
+
+
+def record_command(run: Any, argv: list[str] | tuple[str, ...], run_dir: str | os.PathLike | None = None) -> None:
+    """The command line that started the run in ``info['argv']`` (``info.json``), from which
+    ``python -m util.runs`` rebuilds the command that resumes it. With ``run_dir``, info.json is
+    written now (Sacred writes it only at its first heartbeat, 10 s in: a run killed sooner would
+    keep no record of its command)."""
+    if run is None:
+        return
+    run.info[ARGV_INFO_KEY] = [str(a) for a in argv]
+    if run_dir is not None:
+        from util.io import atomic_write_json
+
+        atomic_write_json(dict(run.info), Path(run_dir) / "info.json", indent=2)
