@@ -16,13 +16,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from util.builds import exit_on_mismatched_builds
 
-from data.cli import new_parser
-from util.backends import PRECISIONS
-from util.log import setup_logging
-from util.segment import DEFAULT_RULE, RULES, SegmentRequest, segment
-from util.segment.inputs import DEFAULT_BATCH_SIZE, MODALITY_CARDS
+exit_on_mismatched_builds()            # torch and torchvision of two builds: one error line, exit 2
+
+import torch  # noqa: E402
+
+from data.cli import new_parser  # noqa: E402
+from util.backends import PRECISIONS  # noqa: E402
+from util.log import setup_logging  # noqa: E402
+from util.segment import DEFAULT_RULE, RULES, SegmentRequest, segment  # noqa: E402
+from util.segment.inputs import DEFAULT_BATCH_SIZE, MODALITY_CARDS  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,10 @@ from util.log import silence_known_warnings  # noqa: E402
 
 silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
 
+from util.builds import exit_on_mismatched_builds  # noqa: E402
+
+exit_on_mismatched_builds()            # torch and torchvision of two builds: one error line, exit 2
+
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 # loaded now, not lazily during the run, so that the run's sources list them (util/experiment/run_record.py)
