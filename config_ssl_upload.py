@@ -62,8 +62,8 @@ def cfg():
     lr_milestones = [(ii + 1) * 1000 for ii in range(n_steps // 1000 - 1)]
     lr_step_gamma = 0.95
     ignore_label = 255
-    print_interval = 100
-    save_snapshot_every = 25000
+    print_interval = 100               # log the mean losses every N steps
+    save_snapshot_every = 25000        # snapshots/<step>.pth every N steps and at the end
     max_iters_per_load = 1000          # episodes per sub-epoch (dataset reload in between)
     scan_per_load = -1                 # -1: all training scans (reload is then a no-op)
     which_aug = "sabs_aug"             # 'sabs_aug' | 'aug_v3' | 'none'
@@ -83,7 +83,7 @@ def cfg():
 
     # Validation
     z_margin = 0
-    eval_fold = 0
+    eval_fold = 0                      # validation fold; the other folds train
     support_idx = [-1]                 # indices into the fold's validation list
     val_wsize = 2
     n_sup_part = 3
@@ -92,7 +92,7 @@ def cfg():
     write_figures = True               # PNG figures into the run directory
 
     # Network
-    modelname = "dlfcn_res101"
+    modelname = "dlfcn_res101"         # encoder: dlfcn_res101 | dlfcn_res50 | dlfcn_res18
     clsname = "grid_proto"             # the original default None failed an assertion
     reload_model_path = None           # a snapshot, a list of snapshots, or a snapshots folder
     proto_grid_size = 8

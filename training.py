@@ -35,6 +35,7 @@ from config_ssl_upload import ex  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
 from util.experiment.command_line import run_command_line  # noqa: E402
 from util.experiment.config_check import check_config, check_run  # noqa: E402
+from util.experiment.entry_help import TRAINING_KEYS, asks_for_help, entry_help  # noqa: E402
 from util.experiment.run_record import record_command  # noqa: E402
 from util.log import setup_logging  # noqa: E402
 from util.signals import raise_if_stopped  # noqa: E402
@@ -77,5 +78,13 @@ def check_training(config) -> None:
     preflight_resume(config, experiment_dir(config))
 
 
+TRAINING_HELP = ("Train ALPNet: self-supervised on superpixel pseudolabels (dataset=<CARD>_Superpix), "
+                 "or supervised on manual labels (dataset=<CARD>).")
+
+
 if __name__ == "__main__":
+    if asks_for_help(sys.argv):
+        print(entry_help(ex, "training.py", TRAINING_HELP, TRAINING_KEYS,
+                         ["docs/training.md", "docs/method.md, 'Config keys'", "docs/scale-out.md"]))
+        sys.exit(0)
     sys.exit(run_command_line(ex, sys.argv, main_command="main", check=check_training))

@@ -28,6 +28,7 @@ from config_ssl_upload import ex  # noqa: E402
 from util.distributed import cleanup, init_distributed, launch_rank  # noqa: E402
 from util.experiment.command_line import run_command_line  # noqa: E402
 from util.experiment.config_check import check_config, check_run  # noqa: E402
+from util.experiment.entry_help import VALIDATION_KEYS, asks_for_help, entry_help  # noqa: E402
 from util.log import setup_logging  # noqa: E402
 from util.validation import dice_table, run_directory, run_validation, steps_table  # noqa: E402
 
@@ -58,5 +59,13 @@ def check_validation(config) -> None:
     check_run(config, "val")
 
 
+VALIDATION_HELP = ("Score trained snapshots (reload_model_path=) with the 1-shot protocol of Roy et al.; "
+                   "the network options come from the snapshot.")
+
+
 if __name__ == "__main__":
+    if asks_for_help(sys.argv):
+        print(entry_help(ex, "validation.py", VALIDATION_HELP, VALIDATION_KEYS,
+                         ["docs/validation.md", "docs/method.md, 'Config keys'", "docs/training.md"]))
+        sys.exit(0)
     sys.exit(run_command_line(ex, sys.argv, main_command="validation_main", check=check_validation))

@@ -71,3 +71,28 @@ def test_formatter_keeps_the_description_and_appends_defaults():
     assert "edge length (default: 256)" in text
     assert "processes (default: all cores)\n" in text           # its own default text, not twice
     assert "required value\n" in text                          # required: no default appended
+
+
+@pytest.mark.parametrize("script, keys", [("training.py", ("n_steps", "modelname", "tensorboard")),
+                                          ("validation.py", ("reload_model_path", "support_idx"))])
+def test_entry_script_help_points_at_print_config_docs_and_keys(script, keys):
+    """``python3 training.py --help``: not Sacred's generic usage but the commands that list
+    every key, the docs pages, and the most used keys with their defaults and comments."""
+    import subprocess
+    import sys
+
+    from config_ssl_upload import ex
+    from util.config_keys import lookup
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"python3 {script} print_config" in out and "print_named_configs" in out
+    assert "docs/method.md, 'Config keys'" in out and "Usage:" not in out
+    summary = ex.configurations[0]()
+    for key in keys:
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"{key}="))
+        assert line.split()[0] == f"{key}={lookup(summary, key)!r}"
+        assert summary.docs[key] in line                  # the key's comment in config_ssl_upload.py
