@@ -1,6 +1,7 @@
 """The training loop's hooks one by one (util/training/hooks.py), on hand-made step sequences."""
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -169,12 +170,35 @@ def test_epoch_messages_once_per_epoch(caplog):
         "###### This is epoch 1 of 2 epoches ######"]
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 def test_progress_bar_counts_steps_from_the_resume_step():
-    bar = ProgressBar(n_steps=10, initial=4, enabled=True)
+    bar = ProgressBar(n_steps=10, initial=4, enabled=True, stream=Terminal())
     bar.after_step(5, values(0.0))
     bar.after_step(6, values(0.0))
-    assert bar.bar.n == 6
+    assert bar.bar.n == 6 and not bar.plain
     bar.close(6)
+
+
+def test_progress_off_a_terminal_is_a_plain_line_per_interval():
+    """Resumed at step 100 of 400, every_s=60: the clock reads 0 at the start, then 30, 61, 90,
+    125 s after steps 101..104: lines after step 102 (61 s, 2 steps: 2/61 steps/s, 298 left:
+    9089 s = 2h31m) and step 104 (125 s, 4 steps: 296 left / (4/125) = 9250 s = 2h34m), and once
+    more at the end for step 105 (130 s, 5 steps: 295 x 130 / 5 = 7670 s = 2h07m)."""
+    out = io.StringIO()
+    bar = ProgressBar(n_steps=400, initial=100, enabled=True, stream=out, every_s=60,
+                      clock=FakeClock([0.0, 30.0, 61.0, 61.0, 90.0, 125.0, 125.0, 126.0, 130.0]))
+    for step in (101, 102, 103, 104, 105):
+        bar.after_step(step, values(0.0))
+    bar.close(105)
+    assert out.getvalue().splitlines() == [
+        "train: step 102/400 (25%), 0.0328 steps/s, 2h31m left",
+        "train: step 104/400 (26%), 0.032 steps/s, 2h34m left",
+        "train: step 105/400 (26%), 0.0385 steps/s, 2h07m left"]
+    assert "\r" not in out.getvalue()
 
 
 def test_hooks_run_in_order_and_close_all_even_when_one_fails():

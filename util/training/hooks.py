@@ -21,11 +21,13 @@ from util.figures import plot_loss_curves
 from util.tensorboard_log import add_scalars
 
 __all__ = ["Hook", "Hooks", "EpochMessages", "ProgressBar", "IntervalLog", "SacredScalars",
-           "TensorBoardScalars", "LossCurves", "Snapshots", "TQDM_MININTERVAL_S"]
+           "TensorBoardScalars", "LossCurves", "Snapshots", "TQDM_MININTERVAL_S",
+           "PLAIN_PROGRESS_EVERY_S"]
 
 log = logging.getLogger(__name__)
 
 TQDM_MININTERVAL_S = 5.0
+PLAIN_PROGRESS_EVERY_S = 60.0          # a progress line this often when stderr is not a terminal
 
 
 class Hook:
@@ -91,17 +93,48 @@ class EpochMessages(Hook):
 
 
 class ProgressBar(Hook):
-    """A tqdm bar over the steps on stderr (rank 0 only: ``enabled``)."""
+    """Progress on stderr (rank 0 only: ``enabled``): a tqdm bar on a terminal; elsewhere (a log
+    file, Slurm's output) one plain line every ``every_s`` seconds and at the end,
+    ``train: step 200/1000 (20%), 1.25 steps/s, 10m40s left``, since a bar's carriage returns
+    pile up there as one endless line."""
 
-    def __init__(self, n_steps: int, initial: int, *, enabled: bool) -> None:
-        self.bar = tqdm(total=n_steps, initial=initial, disable=not enabled, unit="step",
-                        desc="train", mininterval=TQDM_MININTERVAL_S, file=sys.stderr)
+    def __init__(self, n_steps: int, initial: int, *, enabled: bool, stream: Any = None,
+                 every_s: float = PLAIN_PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.n_steps, self.enabled, self.every_s, self.clock = int(n_steps), enabled, float(every_s), clock
+        isatty = getattr(self.stream, "isatty", None)
+        self.plain = enabled and not (callable(isatty) and isatty())
+        self.bar = tqdm(total=n_steps, initial=initial, disable=not enabled or self.plain, unit="step",
+                        desc="train", mininterval=TQDM_MININTERVAL_S, file=self.stream)
+        self.start_step = self.step = self.printed = int(initial)
+        self.t0 = self.last = clock() if self.plain else 0.0
 
     def after_step(self, step: int, values: Mapping[str, float]) -> None:
         self.bar.update(1)
+        self.step = step
+        if self.plain and self.clock() - self.last >= self.every_s:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.clock()
+        self.last, self.printed = now, self.step
+        done = self.step - self.start_step
+        rate = done / (now - self.t0) if now > self.t0 else float("nan")
+        left = (self.n_steps - self.step) / rate if rate > 0 else float("nan")
+        print(f"train: step {self.step}/{self.n_steps} ({100 * self.step // max(self.n_steps, 1)}%), "
+              f"{rate:.3g} steps/s, {_clock_text(left)} left", file=self.stream, flush=True)
 
     def close(self, step: int) -> None:
         self.bar.close()
+        if self.plain and self.step != self.printed:
+            self._line()
+
+
+def _clock_text(seconds: float) -> str:
+    if seconds != seconds:            # NaN: no rate yet
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class IntervalLog(Hook):
