@@ -41,8 +41,9 @@ def validation_main(_run, _config):
     summary = check_config({**_config, "mode": "val"})
     info = init_distributed(_config["gpu_id"])
     try:
+        given = set(_run.config_modifications.modified) | set(_run.config_modifications.added)
         results = run_validation(_config, device=info.device, run=_run if info.is_main else None,
-                                 out_dir=run_directory(_run) if info.is_main else None)
+                                 out_dir=run_directory(_run) if info.is_main else None, given=given)
         if info.is_main:
             for res in results:
                 print(f"\n### Dice, fold {_config['eval_fold']}, snapshot {res.path} (step {res.step})")

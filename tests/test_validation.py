@@ -304,3 +304,39 @@ def test_support_without_organ_and_missing_label(tmp_path, snapshots):
     (tiny.data_dir / "label_3.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="label_3.nii.gz"):
         run_validation_exp(tiny, tmp_path, snapshots / "10.pth")
+
+
+def _validate_without_modelname(tiny, tmp_path, snapshot, **updates):
+    from validation import ex
+
+    cfg = dict(dataset="CHAOST2_Superpix", num_workers=0, reload_model_path=str(snapshot),
+               val_batch_size=3, write_figures=False, tensorboard=False,
+               path={"log_dir": str(tmp_path / "runs"), "CHAOST2": {"data_dir": str(tiny.data_dir)}},
+               **updates)
+    return ex.run("validation_main", config_updates=cfg)
+
+
+def test_network_options_come_from_the_snapshot(tiny, snapshots, single_run, tmp_path, caplog):
+    """A ResNet-18 snapshot validated without modelname= (default dlfcn_res101): the network is
+    built from the snapshot's config and gives the numbers of the run that named it."""
+    import logging
+    with caplog.at_level(logging.INFO, logger="util.validation.run"):
+        run = _validate_without_modelname(tiny, tmp_path, snapshots / "10.pth")
+    assert run.config["modelname"] == "dlfcn_res101"            # the command line said nothing
+    metrics = json.loads((Path(run.observers[0].dir) / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["mar_val_batches_rawDice"]["values"] == single_run[2]["mar_val_batches_rawDice"]["values"]
+    assert "modelname='dlfcn_res18' from the snapshot" in caplog.text
+
+
+def test_a_command_line_network_override_is_noted_and_a_misfit_names_the_key(tiny, snapshots, tmp_path,
+                                                                             caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="util.validation.run"), \
+            pytest.raises(ValueError, match="pass modelname=dlfcn_res18"):
+        _validate_without_modelname(tiny, tmp_path, snapshots / "10.pth", modelname="dlfcn_res50")
+    assert "modelname='dlfcn_res50' from the command line overrides the snapshot's" in caplog.text
+    bare = tmp_path / "bare.pth"                                 # the original code's format
+    torch.save(tiny_model().state_dict(), bare)
+    with pytest.raises(ValueError, match=r"do not fit the network of modelname=dlfcn_res101: pass the "
+                                         r"modelname it was trained with"):
+        _validate_without_modelname(tiny, tmp_path, bare)

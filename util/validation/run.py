@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from dataloaders.scans import Scan
 from dataloaders.validation_set import ValidationSet, load_validation_set
 from models.builder import build_model
 from util.backends import PRECISIONS, autocast
-from util.checkpoint import load_alpnet_weights, resolve_snapshots
+from util.checkpoint import load_alpnet_weights, read_snapshot, resolve_snapshots
 from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from util.io import spacing_zyx
 from util.metric import Metric, assd, dice_from_counts, hd95, precision_from_counts, recall_from_counts
@@ -47,7 +47,7 @@ from util.validation.protocol import (
 from util.validation.result import SnapshotResult
 
 __all__ = ["EvalOptions", "evaluate_snapshot", "run_validation", "load_snapshot",
-           "options_from_config"]
+           "options_from_config", "network_from_snapshot", "NETWORK_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,65 @@ def options_from_config(config: Mapping[str, Any]) -> EvalOptions:
                        int(config.get("val_batch_size", 8)), str(config.get("precision", "fp32"))).check()
 
 
+# the network options a snapshot decides (docs/validation.md, 'Running validation'): config key
+# and its name in the config's ``model`` dict
+NETWORK_KEYS = (("modelname", "which_model"), ("clsname", "cls_name"),
+                ("proto_grid_size", "proto_grid_size"), ("feature_hw", "feature_hw"))
+
+
+def _snapshot_config(path: Path) -> Mapping[str, Any] | None:
+    obj = read_snapshot(path)
+    cfg = obj.get("config") if isinstance(obj, Mapping) else None
+    return cfg if isinstance(cfg, Mapping) else None
+
+
+def network_from_snapshot(config: Mapping[str, Any], snap_cfg: Mapping[str, Any] | None,
+                          given: Collection[str] = ()) -> dict[str, Any]:
+    """``config`` with the network options of the snapshot's own config (``NETWORK_KEYS``),
+    except those in ``given`` (set on the command line, named configs included): an override is
+    kept, with a one-line note. A bare state_dict (no config) changes nothing.
+    """
+    out = dict(config)
+    if not snap_cfg:
+        return out
+    snap_model = snap_cfg.get("model") if isinstance(snap_cfg.get("model"), Mapping) else {}
+    model = dict(config["model"])
+    for key, model_key in NETWORK_KEYS:
+        theirs = snap_cfg.get(key, snap_model.get(model_key))
+        if theirs is None or _plain(theirs) == _plain(config.get(key)):
+            continue
+        if key in given:
+            log.warning("%s=%r from the command line overrides the snapshot's %s=%r", key,
+                        _plain(config.get(key)), key, _plain(theirs))
+            continue
+        log.info("%s=%r from the snapshot (the config said %r)", key, _plain(theirs), _plain(config.get(key)))
+        out[key] = model[model_key] = _plain(theirs)
+    out["model"] = model
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def load_snapshot(model: torch.nn.Module, path: Path, config: Mapping[str, Any]) -> int | None:
     """Load a snapshot's weights into ``model``; its step (from the snapshot, else the file name).
 
     Raises:
-        ValueError: the snapshot was trained with another ``modelname`` (names the key to pass).
+        ValueError: the snapshot was trained with another ``modelname``, or its weights do not
+            fit the network (names the key to pass).
     """
-    obj = load_alpnet_weights(model, path)
+    try:
+        obj = load_alpnet_weights(model, path)
+    except ValueError as err:
+        if "weights do not fit the model" not in str(err):
+            raise
+        snap_cfg = _snapshot_config(path) or {}
+        hint = (f"pass modelname={snap_cfg['modelname']}" if snap_cfg.get("modelname") else
+                "pass the modelname it was trained with (modelname=dlfcn_res101, dlfcn_res50 or "
+                "dlfcn_res18; the file holds no config to read it from)")
+        raise ValueError(f"{path}: its weights do not fit the network of modelname="
+                         f"{config.get('modelname')}: {hint} ({str(err).split('; ', 1)[-1][:300]} ...)") from err
     snap_cfg = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
     if snap_cfg and snap_cfg.get("modelname") not in (None, config.get("modelname")):
         raise ValueError(f"{path}: trained with modelname={snap_cfg['modelname']!r}, validation "
@@ -254,7 +306,7 @@ def _record(config: Mapping[str, Any], res: SnapshotResult, vset: ValidationSet,
 
 
 def run_validation(config: Mapping[str, Any], *, device: torch.device, run: Any = None,
-                   out_dir: Path | None = None) -> list[SnapshotResult]:
+                   out_dir: Path | None = None, given: Collection[str] = ()) -> list[SnapshotResult]:
     """Validate every snapshot of ``reload_model_path`` on fold ``eval_fold``.
 
     Args:
@@ -262,11 +314,14 @@ def run_validation(config: Mapping[str, Any], *, device: torch.device, run: Any 
         device: this rank's device (``DistInfo.device``).
         run: the Sacred run for ``log_scalar`` (rank 0; None: nothing logged).
         out_dir: run folder for predictions and figures (rank 0; None: nothing written).
+        given: config keys set on the command line: their network options override the
+            snapshot's (the others come from the first snapshot, ``network_from_snapshot``).
     Raises:
         ValueError / FileNotFoundError: bad config, snapshot or data (named).
     """
     opts = options_from_config(config)
     snapshots = resolve_snapshots(config["reload_model_path"])
+    config = network_from_snapshot(config, _snapshot_config(snapshots[0]) if snapshots else None, given)
     vset = _load_fold(config)
     model = build_model(config["model"], pretrained=False).to(device).eval()
     results = []
