@@ -22,7 +22,7 @@ exit_on_mismatched_builds()            # torch and torchvision of two builds: on
 
 import torch  # noqa: E402
 
-from data.cli import new_parser  # noqa: E402
+from data.cli import new_parser, run_command  # noqa: E402
 from util.backends import PRECISIONS  # noqa: E402
 from util.log import setup_logging  # noqa: E402
 from util.segment import DEFAULT_RULE, RULES, SegmentRequest, segment  # noqa: E402
@@ -84,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))      # bad input: one error line, exit 2 (docs/segment.md)

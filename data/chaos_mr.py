@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.cards import load_card
+from data.cli import run_command
 from data.convert import Problems, RawCase, Summary, convert_cases, converter_main, read_sitk
 from util.log import setup_logging
 
@@ -205,4 +206,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(main())
+    sys.exit(run_command(main))

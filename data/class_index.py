@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from data.cards import Card, load_card, scan_ids_in
-from data.cli import new_parser
+from data.cli import new_parser, run_command
 from util.io import atomic_write_json, read_zyx
 from util.log import setup_logging
 
@@ -118,4 +118,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -8,10 +8,15 @@ keeping descriptions as written, and the list of known dataset cards at the end 
 from __future__ import annotations
 
 import argparse
+from typing import Callable, Sequence
 
 from data.cards import describe_cards
+from util.user_errors import report
 
-__all__ = ["HelpFormatter", "new_parser"]
+__all__ = ["HelpFormatter", "new_parser", "run_command", "INPUT_ERRORS"]
+
+# what the data commands raise for bad input (unknown card, missing or bad file, named)
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -51,3 +56,13 @@ def new_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
         description: shown as written (usually the module docstring).
     """
     return _CardsParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def run_command(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """``main(argv)`` as a process runs it: a bad input (``INPUT_ERRORS``) is one line on stderr,
+    ``error: <what is wrong and the fix>``, and exit status 2, as for training and validation
+    (``ALPNET_TRACEBACK=1`` adds the traceback)."""
+    try:
+        return main(argv)
+    except INPUT_ERRORS as err:
+        return report(err)

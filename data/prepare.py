@@ -21,7 +21,7 @@ from typing import Sequence
 
 from data.cards import Card, load_card, scan_ids_in
 from data.class_index import DEFAULT_MIN_TP, write_class_index
-from data.cli import new_parser
+from data.cli import new_parser, run_command
 from data.pseudolabels import DEFAULT_SCALE, make_pseudolabels, pending_scans
 from util.io import verify_image_files
 from util.log import setup_logging
@@ -127,4 +127,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -32,7 +32,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
 from data.cards import Card, load_card, scan_ids_in
-from data.cli import new_parser
+from data.cli import new_parser, run_command
 from util.io import atomic_write_sitk, read_zyx, verify_image_files
 from util.log import setup_logging
 
@@ -202,4 +202,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.cards import load_card
+from data.cli import run_command
 from data.convert import Problems, RawCase, Summary, check_nifti_pair, convert_cases, converter_main, load_nifti_pair
 from util.log import setup_logging
 
@@ -85,4 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(main())
+    sys.exit(run_command(main))

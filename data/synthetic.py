@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
+from data.cli import run_command
 from data.phantom import Blob, Grid, Tissue, grid_image, render, rotation
 from util.io import atomic_path, atomic_write_sitk
 
@@ -352,4 +353,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

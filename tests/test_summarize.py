@@ -79,7 +79,9 @@ def test_cli_markdown_and_csv(runs, tmp_path, capsys):
 
 def test_no_runs_and_missing_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty")]) == 1
+    assert main([str(tmp_path / "empty")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: no validation run") and str(tmp_path / "empty") in line
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="metric 'IoU'"):

@@ -223,9 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not rows:
-        print(f"no validation run (config.json + metrics.json with {METRICS[args.metric][0]}) under "
-              f"{', '.join(map(str, args.runs))}", file=sys.stderr)
-        return 1
+        print(f"error: no validation run (config.json + metrics.json with {METRICS[args.metric][0]}) under "
+              f"{', '.join(map(str, args.runs))}: give the folder of the validation runs (path.log_dir of "
+              "validation.py)", file=sys.stderr)
+        return 2
     if args.csv is not None:
         from util.io import atomic_write_text
         atomic_write_text(to_csv(rows, args.metric), args.csv)
