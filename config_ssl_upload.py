@@ -68,7 +68,7 @@ def cfg():
     scan_per_load = -1                 # -1: all training scans (reload is then a no-op)
     which_aug = "sabs_aug"             # 'sabs_aug' | 'aug_v3' | 'none'
     input_size = (256, 256)            # kept for compatibility; slices train at their stored size (cut to 256 x 256)
-    min_fg_data = "100"                # which classmap_<N>.json the manual-label training uses
+    min_fg_data = 100                  # which classmap_<N>.json the manual-label training uses
     label_sets = 0                     # label group: test labels = pa_all - groups[label_sets]
     exclude_cls_list = [2, 3]          # setting 2: training slices with these organs are skipped
     usealign = True                    # prototype alignment loss

@@ -12,7 +12,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from util.log import silence_known_warnings
+if __name__ == "__main__":
+    # first, before the heavy imports: SIGUSR1/SIGTERM end validation with exit 3 (nothing written
+    # before the run; the run INTERRUPTED during it), never Python's default for SIGUSR1 (death)
+    from util.signals import install_stop_flag
+    install_stop_flag(interrupt=True)
+
+from util.log import silence_known_warnings  # noqa: E402
 
 silence_known_warnings()               # before sacred is imported (it imports pkg_resources)
 

@@ -21,6 +21,7 @@
 #   PARALLEL=1           runs at a time (in the background when > 1; e.g. one per GPU, with a
 #                        PYTHON that binds one GPU to each: examples/frontier/train.sbatch MODE=farm)
 #   STOP_FILE=...        start no further run once this file exists (set by the sbatch scripts)
+#                        or once a run exited 3 (stopped by a signal after saving its snapshot)
 #   DRY_RUN=1            print the commands, run nothing
 #
 # Runs from any directory: it changes to the repository root; relative LOGDIR, DATA_DIR,
@@ -32,6 +33,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
 fi
 
 ALPNET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ALPNET_EXIT_INTERRUPTED=3    # a run stopped by a signal, its snapshot saved (util/signals.py)
 
 _alpnet_abs() {  # absolute path of $1 relative to the starting directory (empty stays empty)
     if [[ -z "$1" || "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "${1#./}"; fi
@@ -160,23 +162,40 @@ _alpnet_run() {  # print (DRY_RUN=1) or run one command; in the background when 
         return
     fi
     while (( $(jobs -rp | wc -l) >= PARALLEL )); do wait -n || true; done
+    if _alpnet_any_interrupted; then return "$ALPNET_EXIT_INTERRUPTED"; fi   # a stop: start no more
     local tag="$((++_ALPNET_N_STARTED))"
     ( status=0; "$@" || status=$?; echo "$status $*" > "$_ALPNET_STATUS_DIR/$tag" ) &
 }
 
-_alpnet_wait_all() {  # wait for the background runs; non-zero (and their commands) if any failed
-    wait
-    local f status cmd failed=0
+_alpnet_any_interrupted() {  # a background run exited 3 (stopped by a signal)?
+    local f status cmd
     for f in "$_ALPNET_STATUS_DIR"/*; do
         [[ -e "$f" ]] || continue
         read -r status cmd < "$f"
-        if [[ "$status" != 0 ]]; then
+        [[ "$status" == "$ALPNET_EXIT_INTERRUPTED" ]] && return 0
+    done
+    return 1
+}
+
+_alpnet_wait_all() {  # wait for the background runs: 1 (their commands named) if any failed, else
+    # 3 if any stopped on a signal (resumable: the sbatch script requeues the job), else 0
+    wait
+    local f status cmd failed=0 stopped=0
+    for f in "$_ALPNET_STATUS_DIR"/*; do
+        [[ -e "$f" ]] || continue
+        read -r status cmd < "$f"
+        if [[ "$status" == "$ALPNET_EXIT_INTERRUPTED" ]]; then
+            echo "stopped by a signal, snapshot saved (exit $status): $cmd" >&2
+            stopped=1
+        elif [[ "$status" != 0 ]]; then
             echo "failed (exit $status): $cmd" >&2
             failed=1
         fi
     done
     rm -rf "$_ALPNET_STATUS_DIR"
-    return "$failed"
+    if (( failed )); then return 1; fi
+    if (( stopped )); then return "$ALPNET_EXIT_INTERRUPTED"; fi
+    return 0
 }
 
 alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
@@ -197,7 +216,7 @@ alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
     read -r -a launch <<< "${PYTHON:-python3}"
     read -r -a extra <<< "${EXTRA_ARGS:-}"
     local entry=training.py; [[ "$mode" == test ]] && entry=validation.py
-    local fold group scale snap
+    local fold group scale snap status=0
     _ALPNET_STATUS_DIR=""; _ALPNET_N_STARTED=0; PARALLEL="${PARALLEL:-1}"
     if [[ "${DRY_RUN:-0}" != 1 ]] && (( PARALLEL > 1 )); then
         _ALPNET_STATUS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/alpnet-runs.XXXXXX")"
@@ -234,10 +253,14 @@ alpnet_main() {  # alpnet_main train|test [extra Sacred arguments...]
                     args=("${args[@]/#exp_prefix=*/exp_prefix=test_vfold${fold}}" "reload_model_path=${snap}")
                 fi
                 [[ "${DRY_RUN:-0}" == 1 ]] || mkdir -p "$LOGDIR"
-                _alpnet_run "${launch[@]}" "$entry" with "${args[@]}" "${extra[@]}" "$@" || return $?
+                _alpnet_run "${launch[@]}" "$entry" with "${args[@]}" "${extra[@]}" "$@" || { status=$?; break 3; }
             done
         done
     done
-    if [[ -n "$_ALPNET_STATUS_DIR" ]]; then _alpnet_wait_all || return 1; fi
-    return 0
+    if [[ -n "$_ALPNET_STATUS_DIR" ]]; then
+        local waited=0
+        _alpnet_wait_all || waited=$?
+        (( waited == 0 )) || status="$waited"
+    fi
+    return "$status"
 }

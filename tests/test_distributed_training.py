@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,15 +222,12 @@ def test_signal_on_one_rank_saves_and_the_requeued_job_resumes(uninterrupted, ti
     assert results[0]["interrupted"] == "INTERRUPTED" and "interrupted" not in results[1]
     assert results[0]["command"].endswith(f"resume_from={saved.resolve()}")
 
-    # requeued job: the real train.sbatch (RESUME=1 by default) through stand-in srun, 2 "nodes"
-    bindir = tmp_path / "pybin"
-    bindir.mkdir()
-    (bindir / "python3").symlink_to(os.path.realpath(sys.executable))
+    # requeued job: the real train.sbatch (RESUME=1 by default) through stand-in srun, 2 "nodes";
+    # its `python3` is the tests' interpreter (job_env: a script exec'ing sys.executable)
     env = job_env(tmp_path, nodes=2, GPUS_PER_NODE="1", CLUSTER="cpu", FOLDS="0", LABEL_GROUPS="0",
                   LOGDIR=str(log_dir), DATA_DIR=str(tiny.data_dir), MODEL="dlfcn_res18", NSTEP=str(K_STEPS),
                   NWORKER="0", MAX_ITER="10", SNAPSHOT_INTERVAL="1000", SLURM_RESTART_COUNT="1",
                   MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
-    env["PATH"] = f"{env['PATH'].split(os.pathsep, 1)[0]}{os.pathsep}{bindir}{os.pathsep}{env['PATH']}"
     job = subprocess.run(["bash", str(ROOT / "examples" / "frontier" / "train.sbatch"),
                           "init_weights=random", "deterministic=True", "print_interval=1"],
                          env=env, cwd=ROOT, text=True, encoding="utf-8", capture_output=True, timeout=TIMEOUT_S)
@@ -269,14 +265,10 @@ def test_validation_two_ranks_equal_one(uninterrupted, tiny, tmp_path):
     (one,) = run_ranks(_validate, cfg, world_size=1, launcher="none", timeout=TIMEOUT_S)
 
     # 2 ranks: the real test.sbatch; the launcher finds the training run's newest snapshot itself
-    bindir = tmp_path / "pybin"
-    bindir.mkdir()
-    (bindir / "python3").symlink_to(os.path.realpath(sys.executable))
     env = job_env(tmp_path, nodes=1, GPUS_PER_NODE="2", CLUSTER="cpu", FOLDS="0", LABEL_GROUPS="0",
                   LOGDIR=str(train_log), DATA_DIR=str(tiny.data_dir), MODEL="dlfcn_res18", NSTEP=str(K_STEPS),
                   NWORKER="0", MAX_ITER="10", SNAPSHOT_INTERVAL="1000", MASTER_PORT=str(free_port()),
                   OMP_NUM_THREADS="1")
-    env["PATH"] = f"{env['PATH'].split(os.pathsep, 1)[0]}{os.pathsep}{bindir}{os.pathsep}{env['PATH']}"
     job = subprocess.run(["bash", str(ROOT / "examples" / "frontier" / "test.sbatch"),
                           *(f"{k}={v}" for k, v in extra.items())],
                          env=env, cwd=ROOT, text=True, encoding="utf-8", capture_output=True, timeout=TIMEOUT_S)

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.interpreter import prepend_python3
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _own_python3(monkeypatch, tmp_path_factory):
+    """The launchers' ``python3`` (card look-ups) is the interpreter running the tests."""
+    prepend_python3(monkeypatch, tmp_path_factory.getbasetemp() / "python3-bin")
 
 # SPEC.md section 7, verbatim (F fold, G label group, X excluded list, S support index).
 SPEC_TRAIN_LINE = (
@@ -197,15 +205,39 @@ def test_unknown_label_group_is_named(tmp_path):
 
 def test_parallel_runs_overlap_and_failures_are_reported(tmp_path):
     log = tmp_path / "log"
-    rec = tmp_path / "rec.sh"      # a stand-in interpreter: logs start/end, fold 1 fails with 3
+    rec = tmp_path / "rec.sh"      # a stand-in interpreter: logs start/end, fold 1 fails with 5
     rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*) fold="${a#*=}";; esac; done\n'
                    f'echo "start $fold $(date +%s%N)" >> {log}\nsleep 1.5\n'
-                   f'echo "end $fold $(date +%s%N)" >> {log}\n[ "$fold" != 1 ] || exit 3\n')
+                   f'echo "end $fold $(date +%s%N)" >> {log}\n[ "$fold" != 1 ] || exit 5\n')
     res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1 2", LABEL_GROUPS="0",
                  PARALLEL="2", PYTHON=f"bash {rec}", check=False)
-    assert res.returncode == 1 and "failed (exit 3)" in res.stderr and "eval_fold=1" in res.stderr
+    assert res.returncode == 1 and "failed (exit 5)" in res.stderr and "eval_fold=1" in res.stderr
     events = [line.split() for line in log.read_text(encoding="utf-8").splitlines()]
     assert sorted(e[1] for e in events if e[0] == "start") == ["0", "1", "2"]
     times = {(e[0], e[1]): int(e[2]) for e in events}
     assert times[("start", "1")] < times[("end", "0")], "folds 0 and 1 must run at the same time"
     assert times[("start", "2")] >= min(times[("end", "0")], times[("end", "1")]), "at most 2 at a time"
+
+
+def test_parallel_run_stopped_by_a_signal_starts_no_more_and_exits_3(tmp_path):
+    """MODE=farm's launcher: a run that exits 3 (stopped by a signal, snapshot saved) is not a
+    failure; no further run starts, the others are waited for, the launcher exits 3 and
+    train.sbatch requeues the job."""
+    log = tmp_path / "log"
+    rec = tmp_path / "rec.sh"      # fold 0 stops with 3 after 0.5 s, fold 1 runs 2 s, fold 2 must never start
+    rec.write_text('fold=""; for a in "$@"; do case "$a" in eval_fold=*) fold="${a#*=}";; esac; done\n'
+                   f'echo "start $fold" >> {log}\nif [ "$fold" = 0 ]; then sleep 0.5; exit 3; fi\nsleep 2\n'
+                   f'echo "end $fold" >> {log}\n')
+    res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1 2", LABEL_GROUPS="0",
+                 PARALLEL="2", PYTHON=f"bash {rec}", check=False)
+    assert res.returncode == 3, res.stderr
+    assert "stopped by a signal, snapshot saved (exit 3)" in res.stderr and "failed" not in res.stderr
+    assert sorted(log.read_text(encoding="utf-8").split("\n")[:-1]) == ["end 1", "start 0", "start 1"]
+
+
+def test_sequential_run_stopped_by_a_signal_exits_3(tmp_path):
+    stopped = tmp_path / "stopped.sh"
+    stopped.write_text("exit 3\n", encoding="utf-8")
+    res = launch("train_ssl_abdominal_mri.sh", LOGDIR=str(tmp_path / "runs"), FOLDS="0 1", LABEL_GROUPS="0",
+                 PYTHON=f"bash {stopped}", check=False)
+    assert res.returncode == 3 and "vfold1" not in res.stderr      # fold 1 not started

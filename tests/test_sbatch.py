@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interpreter import python3_dir
 from tests.slurm_standins import write_standins
 from tests.test_launchers import MR, spec_test_argv, spec_train_argv
 from util.signals import EXIT_INTERRUPTED
@@ -45,8 +46,9 @@ def job_env(tmp_path: Path, nodes: int = 2, **extra: str) -> dict[str, str]:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    pybin = python3_dir(tmp_path / "python3-bin")        # the tests' interpreter as `python3`
     env.update({
-        "PATH": f"{bindir}{os.pathsep}{env['PATH']}", "STANDIN_DIR": str(state),
+        "PATH": f"{bindir}{os.pathsep}{pybin}{os.pathsep}{env['PATH']}", "STANDIN_DIR": str(state),
         "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_SUBMIT_DIR": str(ROOT),
         "SLURM_JOB_NODELIST": ",".join(["127.0.0.1"] + [f"fakenode{i}" for i in range(2, nodes + 1)]),
         "NODE_LOCAL_TMP": str(tmp_path / "nodetmp"), "LOGDIR": str(tmp_path / "runs"), "USER": "tester",

@@ -6,9 +6,20 @@ A stopped run is not a completed one (docs/training.md, 'Stop and resume'): the 
 raises ``TrainingInterrupted``, Sacred records the run as INTERRUPTED, the message holds the
 literal command that resumes it (``resume_command``), and the process exits with
 ``EXIT_INTERRUPTED`` (rank 0; the other ranks of a distributed run exit 0).
+
+Safe from the first line (docs/scale-out.md, 'Time limit and requeue'): ``training.py`` and
+``validation.py`` call :func:`install_stop_flag` before their heavy imports, so a signal that
+arrives while a rank is still importing, parsing its config or joining the process group is
+never Python's default action for SIGUSR1 (death, exit 138, a run left RUNNING). Training
+keeps that one flag for the whole process and its loop reads it (:func:`stop_requests`): a stop
+before the first step ends the run INTERRUPTED after one agreed step, with a snapshot, exit 3.
+Validation cannot save and resume, so its flag interrupts (:meth:`StopFlag.arm`): a signal
+before the run ends the process with exit 3 and nothing written, one during the run ends it
+INTERRUPTED (``StopRequested``), exit 3.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -16,10 +27,11 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 __all__ = ["StopFlag", "STOP_SIGNALS", "EXIT_INTERRUPTED", "TrainingInterrupted", "resume_command",
-           "raise_if_stopped", "RESUME_ARG_KEYS"]
+           "raise_if_stopped", "RESUME_ARG_KEYS", "StopRequested", "install_stop_flag", "installed_stop_flag",
+           "stop_requests"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,18 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, *, step: int, snapshot: str | None, command: str | None) -> None:
         super().__init__(message)
         self.step, self.snapshot, self.command = step, snapshot, command
+        self.exit_code = EXIT_INTERRUPTED
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal ended a command that cannot save and resume (validation): Sacred records
+    the run INTERRUPTED (a KeyboardInterrupt), the process exits with ``exit_code``."""
+
+    STATUS = "INTERRUPTED"
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
         self.exit_code = EXIT_INTERRUPTED
 
 
@@ -79,16 +103,30 @@ class StopFlag:
     once). The previous handlers are restored on exit.
     """
 
-    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, *, interrupt: bool = False) -> None:
         self.signals = signals
         self.requested = False
         self.signal_name: str | None = None
+        self.interrupt = interrupt       # once armed, a signal raises StopRequested
+        self._armed = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
         # no logging here: a handler may interrupt the logging module itself
+        if self._armed:
+            self._armed = False          # once: the unwinding itself is not interrupted again
+            raise StopRequested(self.signal_name)
+
+    def arm(self) -> bool:
+        """For a flag made with ``interrupt=True``: from now on a signal raises
+        ``StopRequested`` where the main thread is. True (and not armed) when a stop was
+        requested already: the caller ends at once."""
+        if self.requested:
+            return True
+        self._armed = self.interrupt
+        return False
 
     def request(self, reason: str = "request") -> None:
         """Ask for a stop without a signal (tests, callbacks)."""
@@ -109,6 +147,43 @@ class StopFlag:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+_PROCESS_FLAG: list[StopFlag] = []     # the flag install_stop_flag installed (at most one)
+
+
+def install_stop_flag(*, interrupt: bool = False) -> StopFlag:
+    """Install the process's stop flag for SIGUSR1/SIGTERM now, for the rest of the process.
+
+    An entry point's first lines (``if __name__ == "__main__"``, before the heavy imports):
+    from then on a stop signal only sets the flag. Training's loop reads it
+    (:func:`stop_requests`); ``interrupt=True`` (validation) makes the flag raise
+    ``StopRequested`` once :meth:`StopFlag.arm` was called. Installing twice returns the first
+    flag. Never installed in a test process: pytest's own SIGTERM would be ignored.
+    """
+    if not _PROCESS_FLAG:
+        flag = StopFlag(interrupt=interrupt)
+        flag.__enter__()                   # not exited: it stays installed until the process ends
+        _PROCESS_FLAG.append(flag)
+    return _PROCESS_FLAG[0]
+
+
+def installed_stop_flag() -> StopFlag | None:
+    """The flag of :func:`install_stop_flag`, or None when the entry point installed none."""
+    return _PROCESS_FLAG[0] if _PROCESS_FLAG else None
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopFlag]:
+    """The stop flag the training loop reads: the process's flag when the entry point installed
+    one (kept installed afterwards, so a late signal is never fatal either), else a
+    :class:`StopFlag` installed for the loop's duration (in-process runs, tests)."""
+    flag = installed_stop_flag()
+    if flag is not None:
+        yield flag
+        return
+    with StopFlag() as own:
+        yield own
 
 
 def raise_if_stopped(result: Mapping[str, Any], *, argv: Sequence[str], is_main: bool,

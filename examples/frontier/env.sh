@@ -66,7 +66,8 @@ alpnet_load_modules() {  # module load the CLUSTER's list
         frontier) list="$FRONTIER_MODULES" ;;
         nvidia) list="$NVIDIA_MODULES" ;;
         cpu) return 0 ;;
-        *) echo "CLUSTER must be frontier, nvidia or cpu, got '$CLUSTER'" >&2; return 2 ;;
+        *) echo "error: CLUSTER must be frontier, nvidia or cpu, got '$CLUSTER': submit with --export=ALL,CLUSTER=<one of them>" >&2
+           return 2 ;;
     esac
     [[ -n "$list" ]] || return 0
     if ! type module >/dev/null 2>&1 && [[ -f "$profile" ]]; then
@@ -125,9 +126,40 @@ alpnet_gpu_env() {  # ranks per node, srun GPU and core binding, collective-comm
             GPUS_PER_NODE="${GPUS_PER_NODE:-1}"
             SRUN_GPU_OPTS="${SRUN_GPU_OPTS:--c $(_alpnet_cpus_per_task)}"
             ;;
-        *) echo "CLUSTER must be frontier, nvidia or cpu, got '$CLUSTER'" >&2; return 2 ;;
+        *) echo "error: CLUSTER must be frontier, nvidia or cpu, got '$CLUSTER': submit with --export=ALL,CLUSTER=<one of them>" >&2
+           return 2 ;;
     esac
     export GPUS_PER_NODE SRUN_GPU_OPTS
+}
+
+alpnet_srun_cores() {  # the cores per rank SRUN_GPU_OPTS asks for (-c N, --cpus-per-task=N; 1 without)
+    local opts=" ${SRUN_GPU_OPTS:-} " re='[[:space:]](-c|--cpus-per-task)[=[:space:]]*([0-9]+)'
+    if [[ "$opts" =~ $re ]]; then printf '%s' "${BASH_REMATCH[2]}"; else printf '1'; fi
+}
+
+alpnet_ranks_text() {  # what the job runs per node, for the job's first line
+    local cores
+    cores="$(alpnet_srun_cores)"
+    if [[ "$CLUSTER" == cpu ]]; then
+        printf '%s rank(s) per node on CPUs (gloo), %s core(s) each' "$GPUS_PER_NODE" "$cores"
+    else
+        printf '%s GPU(s) per node, one rank each, %s core(s) per rank' "$GPUS_PER_NODE" "$cores"
+    fi
+}
+
+alpnet_check_allocation() {  # before any srun: the job's CPUs hold GPUS_PER_NODE ranks x their cores
+    # SLURM_CPUS_ON_NODE: the CPUs this job holds on its first node. A job that asked for no tasks
+    # gets one CPU on a partition that shares nodes, and srun then fails with "More processors
+    # requested than permitted"; say what to add instead.
+    [[ -n "${SLURM_CPUS_ON_NODE:-}" && "${DRY_RUN:-0}" != 1 ]] || return 0
+    local cores need
+    cores="$(alpnet_srun_cores)"
+    need=$(( GPUS_PER_NODE * cores ))
+    (( SLURM_CPUS_ON_NODE >= need )) && return 0
+    echo "error: the job holds $SLURM_CPUS_ON_NODE CPU(s) per node but $GPUS_PER_NODE rank(s) x $cores core(s) need $need:" \
+         "submit with sbatch --ntasks-per-node=$GPUS_PER_NODE --cpus-per-task=$cores (or set GPUS_PER_NODE, CPUS_PER_TASK to fit;" \
+         "examples/frontier/README.md, section 6)" >&2
+    return 2
 }
 
 alpnet_master_port() {  # MASTER_PORT, else the one util/distributed.py derives from the job id

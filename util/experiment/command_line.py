@@ -27,9 +27,10 @@ from sacred.arg_parser import get_config_updates
 from sacred.utils import SacredError
 
 from util.config_keys import all_keys, leaf_keys, lookup
+from util.distributed import launch_rank
 from util.experiment.config_check import unified_data_dirs
 from util.log import plain_console
-from util.signals import TrainingInterrupted
+from util.signals import EXIT_INTERRUPTED, StopRequested, TrainingInterrupted, installed_stop_flag
 from util.user_errors import UserError, did_you_mean, report
 
 __all__ = ["run_command_line", "preflight", "EXIT_OK", "RESOLVE_COMMAND"]
@@ -85,9 +86,10 @@ def _check_names(ex: Any, updates: Mapping[str, Any], named: Sequence[str], scri
 
 def _resolve(ex: Any, updates: dict, named: list[str]) -> Mapping[str, Any]:
     """The config Sacred computes for these updates, without observers or output files."""
-    sacred_log = logging.getLogger(ex.path)
-    level = sacred_log.level
+    sacred_log, root = logging.getLogger(ex.path), logging.getLogger()
+    level, root_level = sacred_log.level, root.level
     sacred_log.setLevel(logging.ERROR)               # no 'Running command' lines for this
+    root.setLevel(logging.ERROR)                     # nor its config warnings: the run prints them once
     try:
         run = ex.run(RESOLVE_COMMAND, config_updates=updates, named_configs=named)
     except UserError:
@@ -99,6 +101,7 @@ def _resolve(ex: Any, updates: dict, named: list[str]) -> Mapping[str, Any]:
                         f"({type(err).__name__}: {err})") from err
     finally:
         sacred_log.setLevel(level)
+        root.setLevel(root_level)
     return run.result
 
 
@@ -145,17 +148,27 @@ def run_command_line(ex: Any, argv: Sequence[str], *, main_command: str,
     Returns:
         the process exit status: 0 when the command ran, 2 for a user mistake (one ``error:``
         line on stderr; ``ALPNET_TRACEBACK=1`` adds the traceback), 3 (``EXIT_INTERRUPTED``)
-        when a stop signal ended training early (the resume command was printed). Sacred
-        itself exits with 1 (traceback) when the run fails.
+        when a stop signal ended training early (the resume command was printed) or ended
+        validation (``util.signals.install_stop_flag(interrupt=True)``: before the run,
+        nothing written; during it, the run INTERRUPTED). Sacred itself exits with 1
+        (traceback) when the run fails.
     """
     plain_console()
     argv = _with_command(argv, main_command)
+    flag = installed_stop_flag()
     try:
+        if flag is not None and flag.interrupt and flag.arm():   # a signal while Python was importing
+            raise StopRequested(flag.signal_name or "a stop signal")
         preflight(ex, argv, main_command=main_command, check=check)
     except UserError as err:
         return report(err)
+    except StopRequested as stop:                   # before any run: nothing to record or resume
+        log.warning("%s before the run started: nothing was written; run the command again", stop)
+        return EXIT_INTERRUPTED
+    if launch_rank() != 0:              # Sacred's config warnings once per run: rank 0's
+        logging.getLogger().setLevel(logging.ERROR)  # (the run's setup_logging sets WARNING here)
     try:
         ex.run_commandline(argv)
-    except TrainingInterrupted as stop:     # stopped by a signal: recorded INTERRUPTED
+    except (TrainingInterrupted, StopRequested) as stop:   # stopped by a signal: recorded INTERRUPTED
         return stop.exit_code
     return EXIT_OK

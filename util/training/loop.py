@@ -28,7 +28,7 @@ from util.checkpoint import load_alpnet_weights, save_snapshot
 from util.distributed import DistInfo, broadcast_object, wrap_ddp
 from util.experiment.run_record import record_snapshot
 from util.rng import rng_states, seed_everything
-from util.signals import StopFlag
+from util.signals import stop_requests
 from util.tensorboard_log import TENSORBOARD_KEY, open_writer, purge_after
 from util.training.hooks import (
     EpochMessages,
@@ -223,7 +223,7 @@ StepFn = Callable[[Mapping[str, Any], Callable[[], bool]], Mapping[str, float]]
 def _steps(episodes: Iterator[Mapping[str, Any]], step_fn: StepFn,
            state: TrainState, counts: _Counts, hooks: Hooks, n_steps: int, batch: int) -> str | None:
     """The loop: steps until ``n_steps`` or an agreed stop; the name of what stopped it, or None."""
-    with StopFlag() as stop:
+    with stop_requests() as stop:     # the entry point's flag when it installed one
         while state.step < n_steps:
             episode = next(episodes)
             hooks.on_episode(episode)
