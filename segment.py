@@ -3,7 +3,8 @@ checkpoint, one support scan with its label, query scans in; masks in each query
 orientation, PNG overlays and a CSV of organ volumes out.
 
     python3 segment.py --checkpoint CKPT --support-image S.nii.gz --support-label SL.nii.gz \\
-        --label C --query Q.nii.gz [Q2.nii.gz ...] --out DIR [--dataset NAME | --modality MR|CT] \\
+        --label C [C2 ...] [--label-map] --query Q.nii.gz [Q2.nii.gz ...] --out DIR \\
+        [--dataset NAME | --modality MR|CT] \\
         [--preprocessed] [--z-range ZMIN ZMAX | --rule align|support|extent|max] [--device cpu|cuda]
         [--batch-size 8]
 
@@ -27,6 +28,7 @@ from util.backends import PRECISIONS  # noqa: E402
 from util.log import setup_logging  # noqa: E402
 from util.segment import DEFAULT_RULE, RULES, SegmentRequest, segment  # noqa: E402
 from util.segment.inputs import DEFAULT_BATCH_SIZE, MODALITY_CARDS  # noqa: E402
+from util.segment.labelmap import segment_organs  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,7 +37,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ALPNet weights: a snapshot of training.py or an original bare state_dict")
     p.add_argument("--support-image", type=Path, required=True, help="the labelled support scan")
     p.add_argument("--support-label", type=Path, required=True, help="its label volume (same grid)")
-    p.add_argument("--label", type=int, required=True, help="label value C of the organ in --support-label")
+    p.add_argument("--label", type=int, nargs="+", required=True,
+                   help="label value C of the organ in --support-label; several: each organ in turn")
+    p.add_argument("--label-map", action="store_true",
+                   help="also write one label map per query holding every --label organ "
+                        "(<query>_labels.nii.gz; overlaps keep the organ listed first; "
+                        "docs/segment.md, 'Several organs')")
     p.add_argument("--query", type=Path, nargs="+", required=True, help="scan(s) to segment")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     src = p.add_mutually_exclusive_group()
@@ -72,13 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     request = SegmentRequest(
         checkpoint=args.checkpoint, support_image=args.support_image,
-        support_label=args.support_label, label=args.label, queries=tuple(args.query),
+        support_label=args.support_label, label=args.label[0], queries=tuple(args.query),
         out=args.out, dataset=args.dataset, modality=args.modality,
         preprocessed=args.preprocessed, z_range=tuple(args.z_range) if args.z_range else None,
         device=device, batch_size=args.batch_size, rule=args.rule,
         norm_stats=tuple(args.norm_stats) if args.norm_stats else None,
         overlay_slices=args.overlay_slices, precision=args.precision)
-    report = segment(request, progress=not args.no_progress)
+    if len(args.label) == 1 and not args.label_map:
+        report = segment(request, progress=not args.no_progress)
+    else:
+        report = segment_organs(request, args.label, label_map=args.label_map, progress=not args.no_progress)
     print(report.summary())
     return 0
 
