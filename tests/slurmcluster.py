@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 import shutil
 import signal
@@ -39,6 +40,9 @@ START_TIMEOUT_S = 60
 POLL_S = 0.5
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+# job ids from a random start: the jobs' rendezvous ports (20000 + id % 10000) differ from those of
+# another test session's cluster on the same machine
+FIRST_JOB_IDS = (1000, 9000)
 DEFAULT_MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 SLURM_CONF = """\
@@ -70,6 +74,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 ReturnToService=2
 MinJobAge=900
+FirstJobId={first_job}
 KillWait={kill_wait}
 InactiveLimit=0
 SlurmdTimeout=300
@@ -227,7 +232,7 @@ def write_conf(root: Path, munge_socket: Path | None) -> tuple[Path, str, int]:
     conf.write_text(SLURM_CONF.format(host=host, ctld_port=_free_port(), slurmd_port=_free_port(),
                                       user=os.environ.get("USER") or "root", auth_info=auth, root=root,
                                       kill_wait=KILL_WAIT_S, sched_s=SCHED_INTERVAL_S, cpus=cpus, memory=memory,
-                                      partition=PARTITION),
+                                      partition=PARTITION, first_job=random.randrange(*FIRST_JOB_IDS)),
                     encoding="utf-8")
     return conf, host, cpus
 

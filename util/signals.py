@@ -140,6 +140,10 @@ class StopFlag:
             return self
         for s in self.signals:
             self._previous[s] = signal.signal(s, self._handle)
+            # restart interrupted system calls (SA_RESTART): C++ code such as torch's TCPStore
+            # connect otherwise sees EINTR and prints a warning with a stack trace; the flag is
+            # read between steps, so a handler that runs when the call returns is early enough
+            signal.siginterrupt(s, False)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
