@@ -29,8 +29,9 @@ def test_dry_run_end_to_end():
     col = {name: i for i, name in enumerate(header)}
     train = [r for r in body if r[0] == "train"]
     assert [(r[col["precision"]], int(r[col["batch/rank"]])) for r in train] == list(TRAIN_CASES)
-    for r in train:   # episodes/s = steps/s x batch (to the printed rounding)
-        assert abs(float(r[col["episodes/s"]]) - float(r[col["steps/s"]]) * int(r[col["batch/rank"]])) < 0.02
+    for r in train:   # episodes/s = steps/s x batch, to the printed rounding (0.005 each, steps/s times batch)
+        batch = int(r[col["batch/rank"]])
+        assert abs(float(r[col["episodes/s"]]) - float(r[col["steps/s"]]) * batch) <= 0.005 * (batch + 1) + 1e-9
     (ddp,) = [r for r in body if r[0] == "train DDP"]
     assert ddp[col["devices"]] == "2 gloo ranks" and float(ddp[col["steps/s"]]) > 0
     one, two = [r for r in body if r[0] == "validation fold 0"]
