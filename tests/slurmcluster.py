@@ -9,7 +9,7 @@ ends exactly the daemons it started (by their process ids). Commands run with ``
 pointing at the generated file, so nothing of the machine's own Slurm or munge setup is used or
 changed.
 
-The one node is this machine (its real CPU count and memory, from ``slurmd -C``) in the
+The one node is this machine (its real CPU count, or a multiple, and memory, from ``slurmd -C``) in the
 partition ``batch`` (the name ``examples/frontier/*.sbatch`` ask for). ``cred_expire`` is short
 (:data:`CRED_EXPIRE_S`): Slurm holds a requeued job back for ``cred_expire + 1`` seconds
 (BeginTime), 121 s with the default.
@@ -33,7 +33,9 @@ __all__ = ["SKIP_REASON", "SlurmCluster", "start_cluster", "slurm_missing", "CRE
 SKIP_REASON = "slurmctld not found: apt-get install slurm-wlm munge"
 DAEMONS = ("slurmctld", "slurmd", "munged", "munge", "sbatch", "scontrol")
 PARTITION = "batch"
-CRED_EXPIRE_S = 5            # seconds a requeued job waits (BeginTime = requeue + this + 1)
+# seconds a requeued job waits (BeginTime = requeue + this + 1); 22.05 takes nothing smaller:
+# cred_expire=1 gave the default hold, 121 s
+CRED_EXPIRE_S = 5
 KILL_WAIT_S = 5              # SIGTERM -> SIGKILL at the time limit and on scancel
 SCHED_INTERVAL_S = 2         # the scheduler's passes (60 s and 30 s by default): a pending job starts soon
 START_TIMEOUT_S = 60
@@ -78,6 +80,7 @@ FirstJobId={first_job}
 KillWait={kill_wait}
 InactiveLimit=0
 SlurmdTimeout=300
+SlurmdParameters=config_overrides
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
@@ -222,9 +225,15 @@ def _node_shape() -> tuple[str, int, int]:
     return fields["NodeName"], int(fields["CPUs"]), int(fields["RealMemory"])
 
 
-def write_conf(root: Path, munge_socket: Path | None) -> tuple[Path, str, int]:
-    """Write ``root/slurm.conf``; (its path, the node name, its CPUs)."""
+def write_conf(root: Path, munge_socket: Path | None, oversubscribe: int = 1) -> tuple[Path, str, int]:
+    """Write ``root/slurm.conf``; (its path, the node name, its CPUs).
+
+    ``oversubscribe``: the node claims that many times its real CPUs (``config_overrides``), so
+    that jobs run side by side: one's waits (a requeue's hold, the time-limit clock, Python
+    starting) fill with another's work.
+    """
     host, cpus, memory = _node_shape()
+    cpus *= oversubscribe
     for sub in ("state", "spool"):
         (root / sub).mkdir(exist_ok=True)
     auth = f"cred_expire={CRED_EXPIRE_S}" + (f",socket={munge_socket}" if munge_socket else "")
@@ -237,7 +246,7 @@ def write_conf(root: Path, munge_socket: Path | None) -> tuple[Path, str, int]:
     return conf, host, cpus
 
 
-def start_cluster(root: Path) -> SlurmCluster:
+def start_cluster(root: Path, *, oversubscribe: int = 1) -> SlurmCluster:
     """Start munged (if needed), slurmctld and slurmd under ``root``; return once the node is idle.
 
     Raises:
@@ -247,7 +256,7 @@ def start_cluster(root: Path) -> SlurmCluster:
     daemons: list[subprocess.Popen] = []
     try:
         sock = _start_munged(root, daemons)
-        conf, host, cpus = write_conf(root, sock)
+        conf, host, cpus = write_conf(root, sock, oversubscribe)
         cluster = SlurmCluster(root=root, env={"SLURM_CONF": str(conf)}, node=host, cpus=cpus, daemons=daemons)
         env = {**os.environ, "SLURM_CONF": str(conf)}
         for daemon in ("slurmctld", "slurmd"):
