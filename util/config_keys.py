@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-__all__ = ["leaves", "leaf_keys", "all_keys", "lookup"]
+__all__ = ["leaves", "leaf_keys", "all_keys", "lookup", "as_lists"]
 
 
 def leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -38,3 +38,11 @@ def lookup(tree: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def as_lists(value: Any) -> Any:
+    """Tuples (and lists) as lists, nested ones too: a config value compares equal whether a
+    snapshot stored it as a tuple or a list."""
+    if isinstance(value, (list, tuple)):
+        return [as_lists(v) for v in value]
+    return value

@@ -101,7 +101,7 @@ class ProgressBar(Hook):
     def __init__(self, n_steps: int, initial: int, *, enabled: bool, stream: Any = None,
                  every_s: float = PLAIN_PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.n_steps, self.enabled, self.every_s, self.clock = int(n_steps), enabled, float(every_s), clock
+        self.n_steps, self.every_s, self.clock = int(n_steps), float(every_s), clock
         isatty = getattr(self.stream, "isatty", None)
         self.plain = enabled and not (callable(isatty) and isatty())
         self.bar = tqdm(total=n_steps, initial=initial, disable=not enabled or self.plain, unit="step",

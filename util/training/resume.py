@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from util.checkpoint import list_snapshots, load_alpnet_weights, to_plain
-from util.config_keys import leaves
+from util.config_keys import as_lists, leaves
 from util.distributed import broadcast_object
 from util.rng import set_rng_states
 
@@ -122,13 +122,6 @@ def resume_policy(key: str) -> tuple[str, str]:
     return REFUSED, "not in the resume table"
 
 
-def _plain(value: Any) -> Any:
-    """Tuples as lists (a snapshot may hold either)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], path: str | Path,
                         step: int) -> None:
     """Refuse a resumption whose config changes a key that ``RESUME_KEYS`` refuses.
@@ -139,10 +132,10 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], path: st
     Raises:
         ValueError: naming every refused key with its value in the snapshot and now.
     """
-    now = {k: _plain(v) for k, v in leaves(to_plain(dict(new)))}
+    now = {k: as_lists(v) for k, v in leaves(to_plain(dict(new)))}
     problems = []
     for key, was in leaves(old):
-        if key not in now or _plain(was) == now[key]:
+        if key not in now or as_lists(was) == now[key]:
             continue
         policy, why = resume_policy(key)
         if policy == REFUSED:

@@ -27,6 +27,7 @@ from dataloaders.validation_set import ValidationSet, load_validation_set
 from models.builder import build_model
 from util.backends import PRECISIONS, autocast
 from util.checkpoint import load_alpnet_weights, read_snapshot, resolve_snapshots
+from util.config_keys import as_lists
 from util.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 from util.io import spacing_zyx
 from util.metric import Metric, assd, dice_from_counts, hd95, precision_from_counts, recall_from_counts
@@ -110,20 +111,16 @@ def network_from_snapshot(config: Mapping[str, Any], snap_cfg: Mapping[str, Any]
     model = dict(config["model"])
     for key, model_key in NETWORK_KEYS:
         theirs = snap_cfg.get(key, snap_model.get(model_key))
-        if theirs is None or _plain(theirs) == _plain(config.get(key)):
+        if theirs is None or as_lists(theirs) == as_lists(config.get(key)):
             continue
         if key in given:
             log.warning("%s=%r from the command line overrides the snapshot's %s=%r", key,
-                        _plain(config.get(key)), key, _plain(theirs))
+                        as_lists(config.get(key)), key, as_lists(theirs))
             continue
-        log.info("%s=%r from the snapshot (the config said %r)", key, _plain(theirs), _plain(config.get(key)))
-        out[key] = model[model_key] = _plain(theirs)
+        log.info("%s=%r from the snapshot (the config said %r)", key, as_lists(theirs), as_lists(config.get(key)))
+        out[key] = model[model_key] = as_lists(theirs)
     out["model"] = model
     return out
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def load_snapshot(model: torch.nn.Module, path: Path, config: Mapping[str, Any]) -> int | None:
