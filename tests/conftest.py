@@ -15,8 +15,20 @@ if str(ROOT) not in sys.path:
 
 from tests.realdata import CHAOS_SKIP_REASON, chaos_dir  # noqa: E402
 
-# the real CHAOS MR scans: $ALPNET_CHAOS_DIR (tests/realdata.py), skipped with the reason otherwise
-requires_real_data = pytest.mark.skipif(chaos_dir() is None, reason=CHAOS_SKIP_REASON)
+_SKIP_WITHOUT_SCANS = pytest.mark.skipif(chaos_dir() is None, reason=CHAOS_SKIP_REASON)
+
+
+def requires_real_data(test):
+    """Marks a test that reads the real CHAOS MR scans (``$ALPNET_CHAOS_DIR``, tests/realdata.py):
+    the ``realdata`` marker (``-m realdata`` selects them), skipped with the reason otherwise."""
+    return pytest.mark.realdata(_SKIP_WITHOUT_SCANS(test))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that asks for the ``real_data_dir`` fixture carries the ``realdata`` marker too."""
+    for item in items:
+        if "real_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,27 @@ the choices for CUDA and ROCm are checked here with a ``cuda`` device object and
 given explicitly."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from util.backends import CUDNN_BENCHMARK_ENV, apply_compute_settings, cudnn_benchmark_choice
+from util.backends import CUBLAS_WORKSPACE, CUDNN_BENCHMARK_ENV, apply_compute_settings, cudnn_benchmark_choice
+
+# the session's value before any test of this file ran (None when unset)
+_SESSION_CUBLAS = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 
 
 @pytest.fixture
-def pristine():
-    """Known switches before, and the caller's restored after, whatever the test does."""
+def pristine(monkeypatch):
+    """Known switches before, and the caller's restored after, whatever the test does (the
+    process environment too: a deterministic GPU run sets ``CUBLAS_WORKSPACE_CONFIG``)."""
+    # setenv first: monkeypatch records a variable's earlier state (unset included) only when it
+    # changes it, and delenv of an unset variable records nothing to undo
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(False)
@@ -47,9 +57,15 @@ def test_deterministic_on_gpu_warns_instead_of_raising(pristine):
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.is_deterministic_algorithms_warn_only_enabled()        # a GPU's step 1 does not raise
     assert torch.backends.cudnn.benchmark is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE  # deterministic cuBLAS asked
     restore()
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def test_pristine_leaves_the_session_environment_alone():
+    """Runs after the GPU test above: the variable it set is gone again (monkeypatch undid it)."""
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == _SESSION_CUBLAS
 
 
 def test_deterministic_on_cpu_stays_strict(pristine):

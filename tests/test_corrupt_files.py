@@ -6,6 +6,7 @@ Synthetic files run everywhere; the real-scan tests cut a copy of a real CHAOS s
 """
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,20 @@ def test_half_file_is_refused_naming_it(tmp_path, name):
         read_image(path)
     with pytest.raises(ValueError, match=str(path)):     # a ValueError for callers that catch those
         read_zyx(path)
+
+
+def test_complete_gzip_of_too_few_voxels_is_refused(tmp_path):
+    """A whole, valid gzip stream (its CRC and length check out) of a NIfTI that lost half its
+    voxels before it was compressed: only the size check against the header catches it."""
+    raw = tmp_path / "vol.nii"
+    noise_volume(raw)
+    cut_in_half(raw)
+    path = tmp_path / "vol.nii.gz"
+    path.write_bytes(gzip.compress(raw.read_bytes()))
+    assert gzip.decompress(path.read_bytes()) == raw.read_bytes()      # the stream itself is sound
+    with pytest.raises(CorruptImageError, match=r"vol\.nii\.gz: corrupt or truncated image file.*"
+                                                r"after decompression"):
+        read_image(path)
 
 
 def test_flipped_byte_fails_the_crc(tmp_path):

@@ -6,11 +6,11 @@ steps at 128 x 128, ResNet-18 from random weights) shrunk to 10 scans, STEPS ste
 kidneys.
 
 This is the one test that fails when the loss, the episodes or the gradients go wrong (checked:
-with the loss multiplied by zero the "trained" network scored 0.29, below the untrained 0.38:
-only its BatchNorm statistics had moved).
+with the loss multiplied by zero the "trained" network scored 0.27 after 50 steps, below the
+untrained 0.38: only its BatchNorm statistics had moved).
 
 Measured on this suite's scans (10 synthetic CHAOS scans, seed 1; queries 1 and 2, support 3;
-kidneys): mean Dice 0.38 untrained, 0.62 after 50 steps, 0.64 after 100, 0.71 after 200; the
+kidneys): mean Dice 0.38 untrained, 0.61 after 50 steps, 0.64 after 100, 0.71 after 200; the
 test asserts trained >= untrained + MIN_GAIN.
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ from config_ssl_upload import ex
 
 N_SCANS = 10            # 5 folds: fold 0 = scans 1-3 held out (queries 1, 2; support 3), 4-10 train
 SEED = 1                # of the synthetic scans
-STEPS = 100
+STEPS = 50
 DATASET = "CHAOST2_128"
 LABEL_SET = 0           # the kidneys
-MIN_GAIN = 0.10         # measured gain at 100 steps: +0.26 mean Dice
+MIN_GAIN = 0.10         # measured gain: +0.24 mean Dice at 50 steps, +0.26 at 100
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +82,6 @@ def test_self_supervised_training_raises_held_out_dice(scans):
     untrained, trained = _train(scans, "learning")
     before, table_before = _mean_dice(untrained, scans / "data")
     after, table_after = _mean_dice(trained, scans / "data")
+    print(f"mean Dice {before:.3f} untrained, {after:.3f} after {STEPS} steps")
     assert after >= before + MIN_GAIN, (f"mean Dice {before:.3f} untrained, {after:.3f} after {STEPS} "
                                         f"steps:\n{table_before}\n{table_after}")
