@@ -22,7 +22,7 @@ from tests.test_training import config, params_of, run_train, tiny  # noqa: F401
 from tests.tinydata import build_tiny_dataset
 from util.checkpoint import read_snapshot
 from util.signals import EXIT_INTERRUPTED, TrainingInterrupted, raise_if_stopped, resume_command
-from util.training.resume import MAY_CHANGE, REFUSED, RESUME_KEYS, check_resume_config, resume_policy
+from util.training.resume import MAY_CHANGE, REFUSED, RESUME_KEYS, check_resume_config, restore_schedule, resume_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,32 @@ def test_milestones_may_change_only_after_the_resume_step():
     check_resume_config({"lr_milestones": [2, 4]}, {"lr_milestones": [2, 9]}, "s.pth", 3)
     with pytest.raises(ValueError, match=r"lr_milestones up to step 5: \[2, 4\] in the snapshot, \[2\] now"):
         check_resume_config({"lr_milestones": [2, 4]}, {"lr_milestones": [2, 9]}, "s.pth", 5)
+
+
+def test_a_milestone_at_the_resume_step_is_already_decided():
+    """After 5 steps the scheduler has stepped 5 times: a milestone at 5 already set the learning
+    rate the snapshot's next step uses, so it may not move; one at 6 still may."""
+    check_resume_config({"lr_milestones": [2, 6]}, {"lr_milestones": [2, 9]}, "s.pth", 5)
+    with pytest.raises(ValueError, match=r"lr_milestones up to step 5: \[2, 5\] in the snapshot, \[2\] now"):
+        check_resume_config({"lr_milestones": [2, 5]}, {"lr_milestones": [2, 9]}, "s.pth", 5)
+
+
+@pytest.mark.parametrize("position", [1, 2, 3, 5, 6])
+def test_restored_learning_rate_equals_the_stepped_schedulers(position):
+    """The learning rate restored at ``position`` equals a MultiStepLR stepped that many times,
+    bit for bit, a milestone exactly at the position included (it decays the next step's rate)."""
+    def fresh():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 5, 5], gamma=0.1)
+
+    opt, sched = fresh()
+    for _ in range(position):
+        opt.step()
+        sched.step()
+    restored_opt, restored = fresh()
+    restore_schedule(restored, restored_opt, {"last_epoch": position}, position)
+    assert restored_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert restored.get_last_lr() == sched.get_last_lr() and restored.last_epoch == sched.last_epoch
 
 
 def test_training_refuses_a_changed_seed_before_loading(tiny, tmp_path):
