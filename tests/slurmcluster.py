@@ -27,10 +27,12 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["SKIP_REASON", "SlurmCluster", "start_cluster", "slurm_missing", "CRED_EXPIRE_S",
+__all__ = ["SKIP_REASON", "NOT_ROOT_REASON", "SlurmCluster", "start_cluster", "slurm_missing", "CRED_EXPIRE_S",
            "PARTITION", "TERMINAL_STATES"]
 
 SKIP_REASON = "slurmctld not found: apt-get install slurm-wlm munge"
+NOT_ROOT_REASON = ("the test cluster's slurmd runs as root (SlurmdUser=root): run these tests as root, "
+                   "e.g. sudo -E env PATH=$PATH python3 -m pytest tests/test_slurm_real.py")
 DAEMONS = ("slurmctld", "slurmd", "munged", "munge", "sbatch", "scontrol")
 PARTITION = "batch"
 # seconds a requeued job waits (BeginTime = requeue + this + 1); 22.05 takes nothing smaller:
@@ -87,9 +89,12 @@ PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 def slurm_missing() -> str | None:
-    """:data:`SKIP_REASON` when Slurm's or munge's programs are not installed, else None."""
+    """Why the real-Slurm tests cannot run here (:data:`SKIP_REASON`: Slurm's or munge's programs
+    are not installed; :data:`NOT_ROOT_REASON`: not root), else None."""
     if any(shutil.which(name) is None and not Path("/usr/sbin", name).exists() for name in DAEMONS):
         return SKIP_REASON
+    if os.geteuid() != 0:
+        return NOT_ROOT_REASON
     return None
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +37,7 @@ from tests.tinydata import build_tiny_dataset
 ROOT = Path(__file__).resolve().parents[1]
 K = 12                   # steps of the runs compared bit for bit
 JOB_TIMEOUT_S = 400      # one job, requeues included, beside the others on a loaded 2-core machine
+HUNG_TIMEOUT_S = 120     # a job whose rank was killed must end well before this (kill-on-bad-exit)
 SIGNAL_AT = r"hooks - step 2:"        # rank 0's log line after step 2: the loop is running
 OVERSUBSCRIBE = 2
 SCENARIOS: dict[str, Callable[[Jobs, Path], dict[str, Any]]] = {}
@@ -69,7 +70,9 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def flows(slurm, request, tmp_path_factory) -> dict[str, Future]:
     """Every scenario the selected tests of this module need, running in threads."""
-    tiny = build_tiny_dataset(tmp_path_factory.mktemp("tiny") / "CHAOST2", "CHAOST2", hw=64, depth=2)
+    # depth 4: the kidneys on slices 0 and 1, one per rank (at depth 2 rank 1 counted nothing, and
+    # validation that never summed the ranks went unseen)
+    tiny = build_tiny_dataset(tmp_path_factory.mktemp("tiny") / "CHAOST2", "CHAOST2", hw=64, depth=4)
     jobs = Jobs(slurm, tmp_path_factory.mktemp("jobs"), tiny.data_dir)
     wanted = [name for name in SCENARIOS
               if any(name in getattr(item.function, "scenarios", ()) for item in request.session.items
@@ -138,6 +141,25 @@ def killed_rank(jobs: Jobs, logdir: Path) -> dict[str, Any]:
     return {"pids": pids, "killed_at": killed_at, "rec": rec, "out": jobs.output(job), "first": first,
             "again": jobs.cluster.wait_done(again, timeout=JOB_TIMEOUT_S), "again_out": jobs.output(again),
             "logdir": logdir}
+
+
+@scenario
+def hung_rank(jobs: Jobs, logdir: Path) -> dict[str, Any]:
+    """Rank 0 frozen (SIGSTOP: as a rank stuck in a GPU collective that never returns, which
+    gloo's dropped connection does not show), then rank 1 killed: only srun's
+    ``--kill-on-bad-exit`` can end the job. None for "rec" when it did not end in time."""
+    job = jobs.submit("train.sbatch", logdir, NSTEP=str(K))
+    jobs.wait_for_text(job, SIGNAL_AT, timeout=JOB_TIMEOUT_S)
+    pids = rank_pids(job)
+    os.kill(pids[0], signal.SIGSTOP)
+    killed_at = time.time()
+    os.kill(pids[1], signal.SIGKILL)
+    try:
+        rec = jobs.cluster.wait_done(job, timeout=HUNG_TIMEOUT_S)
+    except TimeoutError:
+        rec = None
+        jobs.cluster.command("scancel", job, check=False)
+    return {"pids": pids, "killed_at": killed_at, "rec": rec, "out": jobs.output(job), "logdir": logdir}
 
 
 @scenario
@@ -307,6 +329,27 @@ def test_killed_rank_ends_the_job_and_the_run_resumes_from_its_last_snapshot(flo
     assert second["status"] == "COMPLETED" and logged_steps(second["dir"]) == list(range(last + 1, K + 1))
 
 
+@needs("hung_rank")
+def test_killed_rank_beside_a_frozen_one_ends_the_job(flows):
+    """Ending a step, Slurm sends SIGCONT and SIGTERM, then SIGKILL after KillWait. Here the
+    thawed rank 0 meets the dead peer in its next all-reduce and records FAILED; a rank stuck in
+    a collective that never returns is killed without a word and its run stays RUNNING with a
+    stopped heartbeat, which ``python -m util.runs`` shows DIED once the heartbeat is older than
+    its --stale limit (2 minutes). Either way no run looks alive for ever."""
+    from util.runs import DEFAULT_STALE_S, DIED, read_run
+
+    found = outcome(flows, "hung_rank")
+    rec = found["rec"]
+    assert rec is not None, f"job still running {HUNG_TIMEOUT_S} s after a rank was killed: " + found["out"][-3000:]
+    assert sorted(found["pids"]) == [0, 1], found["pids"]
+    assert datetime.fromisoformat(rec["EndTime"]).timestamp() - found["killed_at"] < 60
+    assert rec["JobState"] == "FAILED" and rec["ExitCode"] != "0:0" and rec["Restarts"] == "0"
+    (run,) = runs(found["logdir"]).values()
+    assert run["status"] in ("FAILED", "RUNNING"), run
+    later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=DEFAULT_STALE_S + 60)  # UTC, naive
+    assert read_run(run["dir"], now=later).status in ("FAILED", DIED)
+
+
 @needs("farm")
 def test_farm_mode_runs_two_single_process_runs_side_by_side(flows):
     found = outcome(flows, "farm")
@@ -349,3 +392,17 @@ def test_usr1_while_the_ranks_start_is_a_clean_stop(flows):
     # a stop before the loop: one agreed step and its snapshot (or no run at all)
     assert all(r["snapshots"] == [1] for r in interrupted)
     assert interrupted or "stop requested" in out
+
+
+def test_skip_reasons_name_the_fix(monkeypatch):
+    """Without the programs: the apt-get line; installed but not root: how to run as root."""
+    from tests import slurmcluster
+    monkeypatch.setattr(slurmcluster.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurmcluster.os, "geteuid", lambda: 0)
+    assert slurmcluster.slurm_missing() is None
+    monkeypatch.setattr(slurmcluster.os, "geteuid", lambda: 1000)
+    assert slurmcluster.slurm_missing() == slurmcluster.NOT_ROOT_REASON
+    assert "sudo" in slurmcluster.NOT_ROOT_REASON
+    monkeypatch.setattr(slurmcluster.shutil, "which", lambda name: None)
+    monkeypatch.setattr(slurmcluster.Path, "exists", lambda self: False)
+    assert slurmcluster.slurm_missing() == "slurmctld not found: apt-get install slurm-wlm munge"
