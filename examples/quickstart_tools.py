@@ -10,6 +10,10 @@
 - ``init-snapshot RUN_DIR``: ``RUN_DIR/snapshots/0.pth``, the untrained network that training
   started from: the run's config, its seed, the model built exactly as ``util.training.train``
   builds it (``seed_everything(seed)``, then ``build_model(cfg["model"])``).
+- ``omp-wait [--load L] [--cores N]``: ``PASSIVE`` when OpenMP threads should sleep while they
+  wait (the cores are crowded: a 1-minute load average of at least ``CROWDED_LOAD_PER_CORE`` per
+  core), nothing when they should spin (libgomp's default). Measured in docs/training.md,
+  'Speed on the CPU'.
 - ``report --train RUN --val RUN [RUN ...]``: per-organ 1-shot Dice of the untrained (step 0)
   and the trained (last step) snapshot, read from the validation runs' Sacred ``metrics.json``
   (``mar_val_batches_classDice``), the run folders, and the figures written there.
@@ -20,12 +24,18 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 __all__ = ["training_view", "newest_run", "init_snapshot", "dice_by_step", "before_after_figures",
-           "report", "main", "TRAINING_FILE_KINDS", "DICE_METRIC", "BEFORE_AFTER_DIR"]
+           "report", "main", "TRAINING_FILE_KINDS", "DICE_METRIC", "BEFORE_AFTER_DIR", "omp_wait_policy",
+           "CROWDED_LOAD_PER_CORE"]
+
+# load average per core from which sleeping OpenMP threads beat spinning ones (measured on 2
+# cores: spinning wins beside one other torch process, load 1 per core; loses beside three, 3)
+CROWDED_LOAD_PER_CORE = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +128,17 @@ def init_snapshot(run_dir: Path) -> Path:
     model = build_model(cfg["model"])
     return save_snapshot(run_dir / SNAPSHOT_DIR / f"{INITIAL_STEP}.pth", model=model,
                          step=INITIAL_STEP, config=cfg)
+
+
+def omp_wait_policy(load: float | None = None, cores: int | None = None) -> str | None:
+    """``"PASSIVE"`` when the cores are crowded (``load`` >= ``CROWDED_LOAD_PER_CORE`` x ``cores``),
+    else None (keep libgomp's spinning). ``load``: the 1-minute load average, ``cores``: the CPUs
+    this process may use; both read from the machine when None."""
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return "PASSIVE" if load >= CROWDED_LOAD_PER_CORE * max(cores, 1) else None
 
 
 def dice_by_step(val_run: Path) -> tuple[list[str], dict[int, list[float]]]:
@@ -230,6 +251,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     n.add_argument("experiment_dir", type=Path)
     i = sub.add_parser("init-snapshot", help="snapshots/0.pth: the untrained network")
     i.add_argument("run_dir", type=Path)
+    o = sub.add_parser("omp-wait", help="PASSIVE when the cores are crowded, else nothing")
+    o.add_argument("--load", type=float, help="1-minute load average (default: this machine's)")
+    o.add_argument("--cores", type=int, help="CPUs (default: those this process may use)")
     r = sub.add_parser("report", help="Dice before/after, run folders, figures")
     r.add_argument("--train", type=Path, required=True)
     r.add_argument("--val", type=Path, nargs="+", required=True)
@@ -245,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(newest_run(args.experiment_dir))
     elif args.command == "init-snapshot":
         print(init_snapshot(args.run_dir))
+    elif args.command == "omp-wait":
+        print(omp_wait_policy(args.load, args.cores) or "")
     else:
         print(report(args.train, args.val))
     return 0

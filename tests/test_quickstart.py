@@ -258,3 +258,24 @@ def test_quickstart_script_end_to_end(tmp_path):
     stacked = val_run / qt.BEFORE_AFTER_DIR / "label_1_LIVER.png"
     assert stacked in figures
     assert "quickstart finished" in text
+
+
+@pytest.mark.parametrize("load, cores, policy", [
+    (0.0, 2, ""), (2.0, 2, ""), (3.99, 2, ""), (4.0, 2, "PASSIVE"), (7.0, 2, "PASSIVE"),
+    (15.9, 8, ""), (16.0, 8, "PASSIVE"),
+])
+def test_omp_wait_sleeps_only_on_crowded_cores(load, cores, policy):
+    """Spinning waits beat sleeping ones beside one other torch process (load 1 per core) and
+    lose beside three (docs/training.md, 'Speed on the CPU'): PASSIVE from 2 per core."""
+    assert (qt.omp_wait_policy(load, cores) or "") == policy
+    res = subprocess.run([sys.executable, "-m", "examples.quickstart_tools", "omp-wait", "--load", str(load),
+                          "--cores", str(cores)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == policy + "\n", res.stderr
+
+
+def test_quickstart_keeps_the_callers_omp_wait_policy_and_asks_otherwise():
+    """The script consults omp-wait only when OMP_WAIT_POLICY is unset, before any stage runs."""
+    text = SCRIPT.read_text(encoding="utf-8")
+    check = text.index('if [[ -z "${OMP_WAIT_POLICY:-}" ]]; then')
+    assert text.index("-m examples.quickstart_tools omp-wait", check) < text.index('stage "1/5')
+    assert 'export OMP_WAIT_POLICY="$WAIT_POLICY"' in text[check:text.index('stage "1/5')]
