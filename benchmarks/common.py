@@ -74,11 +74,10 @@ def alternate(baseline: Callable[[], Any], ours: Callable[[], Any], rounds: int,
 
 def load_note() -> str:
     """The 1-minute load average and the core count (other work on the machine skews ratios)."""
-    try:
-        load = f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        load = "unknown"
-    return f"load average {load} on {os.cpu_count()} cores"
+    from util.machine import load_average
+
+    load = load_average()
+    return f"load average {'unknown' if load is None else f'{load:.1f}'} on {os.cpu_count()} cores"
 
 
 def row(name: str, what: str, ratio: float, target: str, agree: bool, check: str, details: str) -> dict:

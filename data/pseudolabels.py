@@ -19,7 +19,6 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from data.cards import Card, load_card, scan_ids_in
 from data.cli import new_parser, run_command
 from util.io import atomic_write_sitk, read_zyx, verify_image_files
 from util.log import setup_logging
+from util.machine import usable_cpus
 
 __all__ = ["body_mask", "superpixel_ids", "pseudolabels_of", "make_pseudolabels", "pending_scans",
            "PseudoSummary", "default_jobs", "largest_first", "main", "DEFAULT_SCALE"]
@@ -115,10 +115,7 @@ def _start_method() -> str:
 
 def default_jobs() -> int:
     """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def pending_scans(card: Card, data_dir: Path, scale: str, ids: Sequence[int], *,

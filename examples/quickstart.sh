@@ -42,20 +42,20 @@ SEED="${QUICKSTART_SEED:-0}"
 GROUPS_="${QUICKSTART_GROUPS:-0 1}"
 PRECISION="${PRECISION:-fp32}"
 DATASET=CHAOST2_128
+cd "$ROOT"
 # OpenMP threads wait for work by spinning (libgomp's default) or by sleeping (PASSIVE). Spinning
 # is faster until the cores are crowded, then it collapses; measured in
 # docs/training.md, 'Speed on the CPU'. Threads sleep only when the load average at the start is
 # at least 2 per core (examples/quickstart_tools.py omp-wait); an OMP_WAIT_POLICY set by the
 # caller wins.
 if [[ -z "${OMP_WAIT_POLICY:-}" ]]; then
-    WAIT_POLICY="$(cd "$ROOT" && "$PY" -m examples.quickstart_tools omp-wait)"
+    WAIT_POLICY="$("$PY" -m examples.quickstart_tools omp-wait)"
     if [[ -n "$WAIT_POLICY" ]]; then
         export OMP_WAIT_POLICY="$WAIT_POLICY"
         echo "the cores are busy (load average $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo high)):" \
              "OpenMP threads sleep while waiting (OMP_WAIT_POLICY=$WAIT_POLICY)"
     fi
 fi
-cd "$ROOT"
 
 if ! [[ "$SCANS" =~ ^[0-9]+$ ]] || (( SCANS < 5 )); then
     echo "QUICKSTART_SCANS=$SCANS: need at least 5 scans (5 folds)" >&2; exit 2

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -134,10 +133,12 @@ def omp_wait_policy(load: float | None = None, cores: int | None = None) -> str 
     """``"PASSIVE"`` when the cores are crowded (``load`` >= ``CROWDED_LOAD_PER_CORE`` x ``cores``),
     else None (keep libgomp's spinning). ``load``: the 1-minute load average, ``cores``: the CPUs
     this process may use; both read from the machine when None."""
+    from util.machine import load_average, usable_cpus
+
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = load_average() or 0.0
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cpus()
     return "PASSIVE" if load >= CROWDED_LOAD_PER_CORE * max(cores, 1) else None
 
 

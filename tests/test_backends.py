@@ -98,7 +98,7 @@ def test_training_restores_the_switches(pristine, monkeypatch):
 
     monkeypatch.setattr(trainer, "resume_path", failing_resume)
     torch.backends.cudnn.benchmark = True
-    cfg = {"deterministic": True}
+    cfg = {"deterministic": True, "precision": "fp32"}   # what train reads before resume_path
     info = trainer.DistInfo(0, 1, 0, CPU, None)
     with pytest.raises(RuntimeError, match="stop here"):
         trainer.train(cfg, card=None, data_dir=".", train_ids=[], info=info)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from data.cli import new_parser
 from util.builds import build_of, package_version, torchvision_problem
+from util.machine import usable_cpus
 from util.user_errors import EXIT_USER_ERROR
 
 __all__ = ["collect", "format_report", "main", "THREAD_ENV"]
@@ -82,8 +83,7 @@ def collect() -> dict[str, Any]:
     report: dict[str, Any] = {
         "python": {"version": platform.python_version(), "executable": sys.executable,
                    "platform": platform.platform()},
-        "cpus": {"os": os.cpu_count(), "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                 else os.cpu_count(), **{k: os.environ.get(k) for k in THREAD_ENV}},
+        "cpus": {"os": os.cpu_count(), "usable": usable_cpus(), **{k: os.environ.get(k) for k in THREAD_ENV}},
         "torch": _torch(),
         "torchvision": {"version": tv, "build": build_of(tv)},
         "packages": {p: package_version(p) for p in OTHER_PACKAGES},

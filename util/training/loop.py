@@ -83,7 +83,7 @@ def train(cfg: Mapping[str, Any], *, card: Any, data_dir: str | Path, train_ids:
     device, is_main = info.device, info.rank == 0
     if device.type == "cpu":
         log.info("no GPU in use: training on the CPU")
-    log.info("%s", precision_note(device, str(cfg.get("precision", "fp32"))))
+    log.info("%s", precision_note(device, str(cfg["precision"])))
     # strict on the CPU, warn-only on GPUs; cudnn.benchmark per backend; restored afterwards
     restore_settings = apply_compute_settings(deterministic=bool(cfg["deterministic"]), device=device)
     try:
